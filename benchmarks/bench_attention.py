@@ -1,6 +1,8 @@
 """CPU benchmark of sparse (local-window) attention against dense masked attention.
 
-jaxsparse.sparse_dot_product_attention(q, k, v, patterns.local(T, window)) against
+jaxsparse.sparse_dot_product_attention(q, k, v, patterns.local(T, window)) (its
+default, the fused implementation; jaxsparse_unfused is implementation="unfused":
+sddmm -> sparse_softmax -> spmm) against
   dense_mask    jax.nn.dot_product_attention(q, k, v, mask=M) with M the same
                 [T, T] boolean local-window mask (XLA implementation);
   dense_window  jax.nn.dot_product_attention(q, k, v, local_window_size=window)
@@ -78,7 +80,10 @@ def main(argv=None):
   window_arg = (W, 0) if args.causal else (W, W)
 
   def f_js(q, k, v, topo):
-    return js.sparse_dot_product_attention(q, k, v, topo)
+    return js.sparse_dot_product_attention(q, k, v, topo)  # the default: fused
+
+  def f_js_unfused(q, k, v, topo):
+    return js.sparse_dot_product_attention(q, k, v, topo, implementation="unfused")
 
   def f_mask(q, k, v, mask):
     return jax.nn.dot_product_attention(q, k, v, mask=mask[None, None], implementation="xla")
@@ -87,7 +92,8 @@ def main(argv=None):
     return jax.nn.dot_product_attention(q, k, v, local_window_size=window_arg,
                                         is_causal=args.causal, implementation="xla")
 
-  methods = {"jaxsparse": (f_js, topo), "dense_mask": (f_mask, mask),
+  methods = {"jaxsparse": (f_js, topo), "jaxsparse_unfused": (f_js_unfused, topo),
+             "dense_mask": (f_mask, mask),
              "dense_window": (f_window, jnp.zeros((), jnp.float32))}
 
   def fwdbwd(f):
@@ -95,15 +101,18 @@ def main(argv=None):
       return jnp.sum(f(q, k, v, extra) * g)
     return jax.grad(loss, argnums=(0, 1, 2))
 
-  # Correctness: forward and gradients of jaxsparse against dense_mask.
+  # Correctness: forward and gradients of both jaxsparse paths against dense_mask.
   ref_o = np.asarray(jax.jit(f_mask)(q, k, v, mask))
-  out_o = np.asarray(jax.jit(f_js)(q, k, v, topo))
-  err_fwd = float(np.abs(out_o - ref_o).max())
   ref_g = jax.jit(fwdbwd(f_mask))(q, k, v, mask)
-  out_g = jax.jit(fwdbwd(f_js))(q, k, v, topo)
-  err_bwd = max(float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in zip(out_g, ref_g))
-  print(f"# max |jaxsparse - dense_mask|: forward {err_fwd:.2e}, grads {err_bwd:.2e}",
-        file=sys.stderr)
+  err_fwd = err_bwd = 0.0
+  for f in (f_js, f_js_unfused):
+    out_o = np.asarray(jax.jit(f)(q, k, v, topo))
+    err_fwd = max(err_fwd, float(np.abs(out_o - ref_o).max()))
+    out_g = jax.jit(fwdbwd(f))(q, k, v, topo)
+    err_bwd = max(err_bwd, max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
+                               for a, b in zip(out_g, ref_g)))
+  print(f"# max |jaxsparse - dense_mask| (fused and unfused): forward {err_fwd:.2e}, grads "
+        f"{err_bwd:.2e}", file=sys.stderr)
   if err_fwd > 1e-3 or err_bwd > 1e-3:
     raise SystemExit("bench_attention: jaxsparse differs from the dense masked attention")
 
@@ -121,7 +130,7 @@ def main(argv=None):
       jax.clear_caches()
     fl = flops_fwd * (1 if mode == "forward" else 3)
     row["useful_gflops"] = {m: fl / (t * 1e6) for m, t in row["times_ms"].items()}
-    for p in ("dense_mask", "dense_window"):
+    for p in ("jaxsparse_unfused", "dense_mask", "dense_window"):
       row["ratio"][p] = row["times_ms"][p] / row["times_ms"]["jaxsparse"]
       pk, js_pk = row["memory"][p].get("peak"), row["memory"]["jaxsparse"].get("peak")
       row["mem_ratio"][p] = pk / js_pk if pk and js_pk else None
@@ -141,18 +150,16 @@ def main(argv=None):
   lines = [f"## Attention on CPU: T={T}, heads={H}, head_dim={D}, window={W}, batch={B}"
            f"{', causal' if args.causal else ''} (density {nnz / (T * T):.3f})", "",
            f"{meta['cpu']}, {meta['nproc']} cores; jax {jax.__version__}; times: median ms; "
-           "peak: compiled temp+args+outputs, MiB; x = peer / jaxsparse.", "",
-           "| mode | jaxsparse ms | dense_mask ms | x | dense_window ms | x | jaxsparse MiB |"
-           " dense_mask MiB | mem x | dense_window MiB | mem x |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
-  mib = lambda r, m: r["memory"][m].get("peak", float("nan")) / 2**20  # noqa: E731
+           "peak: compiled temp+args+outputs, MiB; x = method / jaxsparse (fused, the "
+           "default).", "",
+           "| mode | method | ms | time x | peak MiB | memory x |", "|---|---|---|---|---|---|"]
   for r in rows:
-    t = r["times_ms"]
-    lines.append(
-        f"| {r['mode']} | {t['jaxsparse']:.1f} | {t['dense_mask']:.1f} | {r['ratio']['dense_mask']:.2f} "
-        f"| {t['dense_window']:.1f} | {r['ratio']['dense_window']:.2f} | {mib(r, 'jaxsparse'):.0f} "
-        f"| {mib(r, 'dense_mask'):.0f} | {r['mem_ratio']['dense_mask'] or float('nan'):.1f} "
-        f"| {mib(r, 'dense_window'):.0f} | {r['mem_ratio']['dense_window'] or float('nan'):.1f} |")
+    for name in methods:
+      t = r["times_ms"][name]
+      mem = r["memory"][name].get("peak", float("nan")) / 2**20
+      tx = r["ratio"].get(name, 1.0)
+      mx = r["mem_ratio"].get(name, 1.0) or float("nan")
+      lines.append(f"| {r['mode']} | {name} | {t:.1f} | {tx:.2f} | {mem:.0f} | {mx:.1f} |")
   print("\n".join(lines))
   C.write_json(args.out, dict(meta=meta, rows=rows))
   print(f"# wrote {args.out}", file=sys.stderr)

@@ -9,6 +9,8 @@ XLA_FFI_Error* JaxsparseSddmmCpu(XLA_FFI_CallFrame* call_frame);
 XLA_FFI_Error* JaxsparseSoftmaxCpu(XLA_FFI_CallFrame* call_frame);
 XLA_FFI_Error* JaxsparseSoftmaxGradCpu(XLA_FFI_CallFrame* call_frame);
 XLA_FFI_Error* JaxsparsePermuteCpu(XLA_FFI_CallFrame* call_frame);
+XLA_FFI_Error* JaxsparseAttentionFwdCpu(XLA_FFI_CallFrame* call_frame);
+XLA_FFI_Error* JaxsparseAttentionBwdCpu(XLA_FFI_CallFrame* call_frame);
 }
 
 namespace {
@@ -29,6 +31,8 @@ PYBIND11_MODULE(_jaxsparse_cpu, m) {
     d["jaxsparse_softmax_cpu"] = EncapsulateHandler(JaxsparseSoftmaxCpu);
     d["jaxsparse_softmax_grad_cpu"] = EncapsulateHandler(JaxsparseSoftmaxGradCpu);
     d["jaxsparse_permute_cpu"] = EncapsulateHandler(JaxsparsePermuteCpu);
+    d["jaxsparse_attention_fwd_cpu"] = EncapsulateHandler(JaxsparseAttentionFwdCpu);
+    d["jaxsparse_attention_bwd_cpu"] = EncapsulateHandler(JaxsparseAttentionBwdCpu);
     return d;
   }, "Returns {FFI target name: PyCapsule} for jax.ffi.register_ffi_target(..., platform='cpu').");
 }

@@ -11,12 +11,21 @@ It is the same function as `jax.nn.dot_product_attention(..., mask=M)` with `M`
 the dense mask of the topology, except that a query row with no stored entries
 gives zeros (the dense version averages every value there).
 
-It is three batched primitives: `sddmm` (logits at the stored entries) ->
-`sparse_softmax` -> `spmm`, each called once for all batch elements and heads
-(heads are moved next to the batch dims, so the sparse values are
-`[*batch, heads, nnz]`). Memory is proportional to `nnz`, never to
-`q_len x kv_len`. Everything is differentiable to any order and works under
-`jit` and `vmap`.
+Two implementations, both called once for all batch elements and heads (heads
+are moved next to the batch dims):
+
+- "fused" (the default when there is no bias, mask, dropout or returned
+  weights): one primitive computes the output and the per-row log-sum-exp; its
+  gradient recomputes the logits instead of storing the probabilities
+  (flash-attention style), so `grad` keeps O(q_len x head_dim) residuals and
+  never an nnz-sized array (C++ kernels on the CPU; elsewhere it runs as the
+  composition below inside one primitive).
+- "unfused": three primitives, `sddmm` (logits at the stored entries) ->
+  `sparse_softmax` -> `spmm`, with the sparse values `[*batch, heads, nnz]`.
+  Memory is proportional to `nnz`, never to `q_len x kv_len`.
+
+Both are differentiable to any order (forward and reverse mode) and work under
+`jit`, `vmap` and sharding.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsparse._src.csr import CSR, Topology, as_topology, check_value_dtype, row_ids
+from jaxsparse._src.fused_attention import fused_attention
 from jaxsparse._src.sddmm import sddmm
 from jaxsparse._src.softmax import sparse_softmax
 from jaxsparse._src.spmm import spmm
@@ -123,6 +133,7 @@ def sparse_dot_product_attention(
     broadcast_dropout: bool = True,
     dtype: Any = None,
     return_weights: bool = False,
+    implementation: str | None = None,
 ):
   """Multi-head dot-product attention restricted to a sparse pattern.
 
@@ -173,6 +184,12 @@ def sparse_dot_product_attention(
       float32 inside the kernels).
     return_weights: also return the attention probabilities as a `CSR` with
       values `[batch..., heads, nnz]` (before dropout).
+    implementation: None (default: "fused" when `bias`, `mask`, dropout and
+      `return_weights` are all unused, else "unfused"), "fused" (never stores
+      the probabilities; backward recomputes them; ValueError if one of those
+      options is used) or "unfused" (sddmm -> sparse_softmax -> spmm; stores
+      nnz-sized logits and probabilities for the backward pass). Both give the
+      same values within rounding.
 
   Returns:
     `[batch..., q_len, heads, v_head_dim]` in the computation dtype (and the
@@ -192,6 +209,18 @@ def sparse_dot_product_attention(
     dtype = jnp.result_type(query, key, value)
   dtype = check_value_dtype(dtype, "dtype")
   _check_qkv(query, key, value, topo, fn)
+  dropout = dropout_rate > 0.0 and not deterministic
+  unfusable = [what for what, used in (("bias", bias is not None), ("mask", mask is not None),
+                                      ("dropout", dropout), ("return_weights", return_weights))
+               if used]
+  if implementation is None:
+    implementation = "unfused" if unfusable else "fused"
+  elif implementation not in ("fused", "unfused"):
+    raise ValueError(f"jaxsparse.{fn}: implementation must be None, 'fused' or 'unfused', got "
+                     f"{implementation!r}")
+  elif implementation == "fused" and unfusable:
+    raise ValueError(f"jaxsparse.{fn}: implementation='fused' does not support "
+                     f"{', '.join(unfusable)}; use implementation='unfused' (or None)")
   query, key, value = query.astype(dtype), key.astype(dtype), value.astype(dtype)
   m, n = topo.shape
   heads, kv_heads = query.shape[-2], key.shape[-2]
@@ -210,6 +239,15 @@ def sparse_dot_product_attention(
     qh = qh.reshape(qh.shape[:-3] + (kv_heads, group) + qh.shape[-2:])
     kh = kh[..., :, None, :, :]
     vh = vh[..., :, None, :, :]
+
+  if implementation == "fused":
+    batch = np.broadcast_shapes(qh.shape[:-2], kh.shape[:-2], vh.shape[:-2])
+    qh, kh, vh = (x.reshape((1,) * (len(batch) - (x.ndim - 2)) + x.shape)
+                  for x in (qh, kh, vh))
+    out = fused_attention(qh, kh, vh, topo, causal=is_causal)  # [..., (kv_heads, group,) q, dv]
+    if group > 1:
+      out = out.reshape(out.shape[:-4] + (heads,) + out.shape[-2:])
+    return jnp.moveaxis(out, -3, -2).astype(dtype)
 
   logits = sddmm(qh, kh, topo).values                   # [..., (kv_heads, group,) nnz]
   if group > 1:

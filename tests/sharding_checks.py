@@ -207,6 +207,26 @@ def attention_grad_heads_sharded():
   return run(f, (q, k, v), (spec,) * 3, (spec,) * 3, m)
 
 
+@check
+def attention_unfused_data_and_heads_sharded():
+  # The checks above run the default (fused) attention; the unfused path too.
+  q, k, v = _qkv(4, 4)
+  m = mesh((4, 2), ("data", "model"))
+  spec = P("data", None, "model", None)
+  f = lambda q, k, v: js.sparse_dot_product_attention(q, k, v, TOPO, implementation="unfused")
+  return run(f, (q, k, v), (spec,) * 3, spec, m)
+
+
+@check
+def attention_unfused_grad_heads_sharded():
+  q, k, v = _qkv(2, 8)
+  m = mesh((8,), ("model",))
+  spec = P(None, None, "model", None)
+  f = jax.grad(lambda q, k, v: jnp.sum(jnp.sin(js.sparse_dot_product_attention(
+      q, k, v, TOPO, implementation="unfused"))), argnums=(0, 1, 2))
+  return run(f, (q, k, v), (spec,) * 3, (spec,) * 3, m)
+
+
 DENSE_MM = js.CSR.fromdense(np.ones((M, M), np.float32)).topology
 
 

@@ -47,6 +47,9 @@ EXPECTED = {
     # Gradients w.r.t. sharded activations: nothing.
     "attention_grad_data_parallel": [],
     "attention_grad_heads_sharded": [],
+    # The same with implementation="unfused" (the checks above run the fused default).
+    "attention_unfused_data_and_heads_sharded": [],
+    "attention_unfused_grad_heads_sharded": [],
     # Gradient w.r.t. replicated (shared) sparse values under data parallel:
     # exactly the one all-reduce of the batch sum, no gather of activations.
     "grad_shared_values_data_parallel": ["all-reduce"],

@@ -61,18 +61,26 @@ class ShardingSpec:
   `core` names one factor per core dim; a factor in `shardable` may be sharded
   (the same factor name in two places means the same index, as in an einsum),
   every other core factor is kept whole on each device. Batch dims are always
-  shardable. See "Sharding" in DESIGN.md.
+  shardable. `out_core` is one tuple of factors, or a list of them for a
+  primitive with several results (each `[*batch, *out_core[i]]`). See
+  "Sharding" in DESIGN.md.
   """
 
   def __init__(self, core, out_core, shardable=(), num_topology=0):
     self.core = tuple(tuple(c) for c in core)
-    self.out_core = tuple(out_core)
+    self.multiple_results = bool(out_core) and isinstance(out_core[0], (tuple, list))
+    if self.multiple_results:
+      self.out_cores = tuple(tuple(c) for c in out_core)
+    else:
+      self.out_cores = (tuple(out_core),)
     self.shardable = frozenset(shardable)
     self.num_topology = num_topology
 
 
-def register_lowerings(prim, reference, ffi_impl, op: str, spec: ShardingSpec):
-  """Lowers `prim` with `reference` by default and `ffi_impl` on built platforms.
+def register_lowerings(prim, reference, ffi_impl, op: str, spec: ShardingSpec,
+                       platforms=("cpu", "cuda")):
+  """Lowers `prim` with `reference` by default and `ffi_impl` on the built
+  `platforms` (an op without a kernel on a platform uses `reference` there).
 
   `reference(*operands, **params)` and `ffi_impl(*operands, platform=..., **params)`
   take dense operands with one leading batch dim (1 or B); the primitive's may
@@ -88,7 +96,7 @@ def register_lowerings(prim, reference, ffi_impl, op: str, spec: ShardingSpec):
     return sharding.partitioned_lowering(flat, spec)
 
   mlir.register_lowering(prim, lowering(reference))
-  for platform in ("cpu", "cuda"):
+  for platform in platforms:
     if has_kernels(platform):
       target = f"jaxsparse_{op}_{platform}"
       if target not in _registered(platform):
@@ -122,6 +130,8 @@ def _flattening(impl, spec: ShardingSpec):
         x = x.reshape((size,) + xc)
       flat_dense.append(x)
     out = impl(*flat_dense, *topo, **params)
+    if spec.multiple_results:
+      return tuple(o.reshape(batch + o.shape[1:]) for o in out)
     return out.reshape(batch + out.shape[1:])
 
   return flat

@@ -44,14 +44,15 @@ def _is_single_or_manual(ctx) -> bool:
   return True  # ReplicaAxisContext and others: no SPMD partitioner involved
 
 
-def factors(spec, avals_in, aval_out):
-  """The factor names of every operand's dims and of the result's dims.
+def factors(spec, avals_in, avals_out):
+  """The factor names of every operand's dims and of each result's dims.
 
-  Returns (operand_factors, result_factors, shardable_factors).
+  Returns (operand_factors, result_factors, shardable_factors); result_factors
+  has one entry per result.
   """
   n_dense = len(avals_in) - spec.num_topology
-  nb = aval_out.ndim - len(spec.out_core)
-  batch = aval_out.shape[:nb]
+  nb = avals_out[0].ndim - len(spec.out_cores[0])
+  batch = avals_out[0].shape[:nb]
   ops = []
   for i, (aval, core) in enumerate(zip(avals_in[:n_dense], spec.core)):
     fs = []
@@ -64,13 +65,15 @@ def factors(spec, avals_in, aval_out):
     ops.append(tuple(fs))
   for i in range(spec.num_topology):
     ops.append((f"t{i}",))
-  out = tuple(f"b{j}" for j in range(nb)) + tuple(f"c_{c}" for c in spec.out_core)
+  outs = [tuple(f"b{j}" for j in range(nb)) + tuple(f"c_{c}" for c in oc)
+          for oc in spec.out_cores]
   shardable = {f"b{j}" for j in range(nb)} | {f"c_{c}" for c in spec.shardable}
-  return ops, out, shardable
+  return ops, outs, shardable
 
 
-def _rule_string(ops, out):
-  return ", ".join(" ".join(fs) for fs in ops) + " -> " + " ".join(out)
+def _rule_string(ops, outs):
+  return (", ".join(" ".join(fs) for fs in ops) + " -> "
+          + ", ".join(" ".join(fs) for fs in outs))
 
 
 def _axes(entry):
@@ -79,13 +82,15 @@ def _axes(entry):
   return tuple(entry) if isinstance(entry, (tuple, list)) else (entry,)
 
 
-def choose_shardings(mesh, ops, out, shardable, arg_shardings, result_sharding):
-  """Per-operand and result PartitionSpecs: each free factor takes the mesh axes
-  it has in the first operand (then the result) that shards it; no mesh axis is
+def choose_shardings(mesh, ops, outs, shardable, arg_shardings, result_shardings):
+  """Per-operand and per-result PartitionSpecs: each free factor takes the mesh
+  axes it has in the first operand (then result) that shards it; no mesh axis is
   used twice; every other factor is replicated."""
   chosen: dict[str, tuple] = {}
   used: set = set()
-  for fs, sh in list(zip(ops, arg_shardings)) + [(out, result_sharding)]:
+  if not isinstance(result_shardings, (tuple, list)):
+    result_shardings = [result_shardings] * len(outs)
+  for fs, sh in list(zip(ops, arg_shardings)) + list(zip(outs, result_shardings)):
     spec = getattr(sh, "spec", None)
     if spec is None:
       continue
@@ -103,7 +108,7 @@ def choose_shardings(mesh, ops, out, shardable, arg_shardings, result_sharding):
       entries.append(None if not axes else axes[0] if len(axes) == 1 else axes)
     return PartitionSpec(*entries)
 
-  return [pspec(fs) for fs in ops], pspec(out)
+  return [pspec(fs) for fs in ops], [pspec(fs) for fs in outs]
 
 
 def requires_devices(prim):
@@ -119,31 +124,47 @@ def requires_devices(prim):
 
 def partitioned_lowering(impl, spec):
   """A lowering rule for a primitive whose per-device computation is `impl`."""
+  multiple = spec.multiple_results
 
   def rule(ctx, *args, **params):
     def fun(*xs):
       return impl(*xs, **params)
 
     if _is_single_or_manual(ctx):
-      return mlir.lower_fun(fun, multiple_results=False)(ctx, *args)
+      return mlir.lower_fun(fun, multiple_results=multiple)(ctx, *args)
 
-    ops, out, shardable = factors(spec, ctx.avals_in, ctx.avals_out[0])
+    ops, outs, shardable = factors(spec, ctx.avals_in, ctx.avals_out)
     # In order of first appearance: Shardy wants the special factors sorted by index.
     need_replication = tuple(dict.fromkeys(
-        f for fs in ops + [out] for f in fs if f not in shardable))
+        f for fs in ops + outs for f in fs if f not in shardable))
+
+    def result_shardings(mesh, specs):
+      shs = tuple(NamedSharding(mesh, s) for s in specs)
+      return shs if multiple else shs[0]
+
+    def shardings_of(result_shape):
+      if result_shape is None:
+        return None
+      if isinstance(result_shape, (tuple, list)):
+        return [r.sharding for r in result_shape]
+      return result_shape.sharding
 
     def partition(mesh, arg_shapes, result_shape):
-      in_specs, out_spec = choose_shardings(
-          mesh, ops, out, shardable, [a.sharding for a in arg_shapes], result_shape.sharding)
-      return (mesh, fun, NamedSharding(mesh, out_spec),
+      in_specs, out_specs = choose_shardings(
+          mesh, ops, outs, shardable, [a.sharding for a in arg_shapes],
+          shardings_of(result_shape))
+      return (mesh, fun, result_shardings(mesh, out_specs),
               tuple(NamedSharding(mesh, s) for s in in_specs))
 
     def infer_sharding_from_operands(mesh, arg_shapes, result_shape):  # GSPMD (no Shardy)
-      _, out_spec = choose_shardings(
-          mesh, ops, out, shardable, [a.sharding for a in arg_shapes], None)
-      return NamedSharding(mesh, out_spec)
+      _, out_specs = choose_shardings(
+          mesh, ops, outs, shardable, [a.sharding for a in arg_shapes], None)
+      return result_shardings(mesh, out_specs)
 
-    out_aval = ctx.avals_out[0]
+    def propagate_user_sharding(mesh, user_shape):
+      return shardings_of(user_shape)
+
+    out_avals = ctx.avals_out
 
     def global_fun(*xs):
       # custom_partitioning traces the global body only for its result type: it is
@@ -153,14 +174,15 @@ def partitioned_lowering(impl, spec):
       try:
         return fun(*xs)
       except Exception:  # jax's ShardingTypeError and kin
-        return jax.lax.full(out_aval.shape, 0, out_aval.dtype)
+        fulls = tuple(jax.lax.full(a.shape, 0, a.dtype) for a in out_avals)
+        return fulls if multiple else fulls[0]
 
     cp = custom_partitioning(global_fun)
     cp.def_partition(partition=partition,
                      infer_sharding_from_operands=infer_sharding_from_operands,
-                     propagate_user_sharding=lambda mesh, user_shape: user_shape.sharding,
-                     sharding_rule=_rule_string(ops, out),
+                     propagate_user_sharding=propagate_user_sharding,
+                     sharding_rule=_rule_string(ops, outs),
                      need_replication_factors=need_replication)
-    return mlir.lower_fun(cp, multiple_results=False)(ctx, *args)
+    return mlir.lower_fun(cp, multiple_results=multiple)(ctx, *args)
 
   return rule

@@ -29,7 +29,7 @@ def _sow(module, weights: CSR):
     module.sow("intermediates", "attention_weights", weights)
 
 
-def sparse_attention_fn(topology) -> Callable[..., Any]:
+def sparse_attention_fn(topology, *, implementation: str | None = None) -> Callable[..., Any]:
   """An `attention_fn` computing attention only at `topology`'s entries.
 
   Pass it as `attention_fn=` to `flax.nnx.MultiHeadAttention` or
@@ -80,7 +80,8 @@ def sparse_attention_fn(topology) -> Callable[..., Any]:
     result = sparse_dot_product_attention(
         query, key, value, topo, bias=bias, mask=mask, is_causal=is_causal,
         dropout_rate=dropout_rate, dropout_rng=dropout_rng, deterministic=deterministic,
-        broadcast_dropout=broadcast_dropout, dtype=dtype, return_weights=module is not None)
+        broadcast_dropout=broadcast_dropout, dtype=dtype, return_weights=module is not None,
+        implementation=implementation)
     if module is None:
       return result
     out, weights = result

@@ -1,0 +1,124 @@
+// CPU fused sparse attention launchers: rows (and, for the backward's second pass,
+// key columns) in longest-first order, claimed in chunks by the threads. Compiled
+// for AVX-512, AVX2+FMA and the baseline, chosen at run time.
+#include "attention/attention_cpu.h"
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "common/half_cpu.h"
+#include "common/parallel_cpu.h"
+#include "common/simd_cpu.h"
+
+namespace jaxsparse {
+namespace cpu {
+
+namespace generic {
+#define JAXSPARSE_KERNEL_TARGET JAXSPARSE_TARGET_GENERIC
+#include "attention/attention_cpu_kernel.inc"
+#undef JAXSPARSE_KERNEL_TARGET
+}  // namespace generic
+
+#if JAXSPARSE_HAVE_X86_SIMD
+namespace avx2 {
+#define JAXSPARSE_KERNEL_TARGET JAXSPARSE_TARGET_AVX2
+#include "attention/attention_cpu_kernel.inc"
+#undef JAXSPARSE_KERNEL_TARGET
+}  // namespace avx2
+
+namespace avx512 {
+#define JAXSPARSE_KERNEL_TARGET JAXSPARSE_TARGET_AVX512
+#include "attention/attention_cpu_kernel.inc"
+#undef JAXSPARSE_KERNEL_TARGET
+}  // namespace avx512
+#endif
+
+namespace {
+
+// Calls generic::F<Ops>, avx2::F<Ops> or avx512::F<Ops> for the selected ISA.
+#if JAXSPARSE_HAVE_X86_SIMD
+#define JAXSPARSE_ATTN_DISPATCH(T, F, ...)                                         \
+  do {                                                                             \
+    const Isa isa = SelectedIsa();                                                 \
+    if constexpr (std::is_same_v<T, double>) {                                     \
+      if (isa == Isa::kAvx512) return avx512::F<GenericOps<double>>(__VA_ARGS__);  \
+      if (isa == Isa::kAvx2) return avx2::F<GenericOps<double>>(__VA_ARGS__);      \
+    } else {                                                                       \
+      if (isa == Isa::kAvx512) return avx512::F<Avx512Ops>(__VA_ARGS__);           \
+      if (isa == Isa::kAvx2) return avx2::F<Avx2Ops>(__VA_ARGS__);                 \
+    }                                                                              \
+    return generic::F<GenericOps<Accum<T>>>(__VA_ARGS__);                          \
+  } while (0)
+#else
+#define JAXSPARSE_ATTN_DISPATCH(T, F, ...) return generic::F<GenericOps<Accum<T>>>(__VA_ARGS__)
+#endif
+
+template <typename T>
+void FwdItems(const AttnFwdArgs<T>& a, int64_t max_row, int64_t begin, int64_t end) {
+  JAXSPARSE_ATTN_DISPATCH(T, AttnFwd, a, max_row, begin, end);
+}
+template <typename T>
+void BwdRowItems(const AttnBwdArgs<T>& a, int64_t begin, int64_t end) {
+  JAXSPARSE_ATTN_DISPATCH(T, AttnBwdRows, a, begin, end);
+}
+template <typename T>
+void BwdColItems(const AttnBwdArgs<T>& a, int64_t begin, int64_t end) {
+  JAXSPARSE_ATTN_DISPATCH(T, AttnBwdCols, a, begin, end);
+}
+
+#undef JAXSPARSE_ATTN_DISPATCH
+
+int64_t MaxRowLength(const AttnTopology& t) {
+  int64_t longest = 0;
+  for (int64_t r = 0; r < t.m; ++r) {
+    const int64_t len = t.row_offsets[r + 1] - t.row_offsets[r];
+    longest = len > longest ? len : longest;
+  }
+  return longest;
+}
+
+}  // namespace
+
+template <typename T>
+int AttentionFwdCpu(const AttnFwdArgs<T>& a, const TaskRunner* runner) {
+  if (a.batch <= 0 || a.topo.m <= 0) return 0;
+  const int64_t max_row = MaxRowLength(a.topo);
+  const double nnz = static_cast<double>(a.topo.row_offsets[a.topo.m]);
+  const double work = 2.0 * nnz * static_cast<double>(a.d + a.dv + 8) * a.batch;
+  ParallelFor(runner, a.batch * a.topo.m, work,
+              [&](int64_t begin, int64_t end) { FwdItems<T>(a, max_row, begin, end); });
+  return 0;
+}
+
+template <typename T>
+int AttentionBwdCpu(const AttnBwdArgs<T>& a, const TaskRunner* runner) {
+  if (a.batch <= 0) return 0;
+  const double nnz = a.topo.m > 0 ? static_cast<double>(a.topo.row_offsets[a.topo.m]) : 0.0;
+  const double row_work = 2.0 * nnz * static_cast<double>(2 * a.d + a.dv + 4) * a.batch;
+  const double col_work = 2.0 * nnz * static_cast<double>(2 * a.d + 2 * a.dv + 4) * a.batch;
+  if (a.topo.m > 0) {
+    ParallelFor(runner, a.batch * a.topo.m, row_work,
+                [&](int64_t begin, int64_t end) { BwdRowItems<T>(a, begin, end); });
+  }
+  if (a.t_topo.m > 0) {
+    ParallelFor(runner, a.batch * a.t_topo.m, col_work,
+                [&](int64_t begin, int64_t end) { BwdColItems<T>(a, begin, end); });
+  }
+  return 0;
+}
+
+template int AttentionFwdCpu<float>(const AttnFwdArgs<float>&, const TaskRunner*);
+template int AttentionFwdCpu<double>(const AttnFwdArgs<double>&, const TaskRunner*);
+template int AttentionFwdCpu<Half>(const AttnFwdArgs<Half>&, const TaskRunner*);
+template int AttentionFwdCpu<BFloat16>(const AttnFwdArgs<BFloat16>&, const TaskRunner*);
+template int AttentionBwdCpu<float>(const AttnBwdArgs<float>&, const TaskRunner*);
+template int AttentionBwdCpu<double>(const AttnBwdArgs<double>&, const TaskRunner*);
+template int AttentionBwdCpu<Half>(const AttnBwdArgs<Half>&, const TaskRunner*);
+template int AttentionBwdCpu<BFloat16>(const AttnBwdArgs<BFloat16>&, const TaskRunner*);
+
+}  // namespace cpu
+}  // namespace jaxsparse

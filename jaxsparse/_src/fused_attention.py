@@ -1,0 +1,308 @@
+"""Fused sparse attention: `softmax(q k^T at the pattern) v` without storing the
+probabilities (flash-attention style).
+
+Three primitives, each over dense operands `[*batch, rows, dim]` (every batch
+dim 1 or one common size) and the 8 topology arrays:
+
+- `attention_fwd_p(q, k, v) -> (out, lse)`: the output and the per-row
+  log-sum-exp of the logits (`-inf` for a row with no key).
+- `attention_tangent_p(q, k, v, out, lse, tq, tk, tv) -> (t_out, t_lse)`: the
+  JVP, linear in `(tq, tk, tv)`. Reverse mode never evaluates it: its
+  transpose is
+- `attention_bwd_p(q, k, v, lse, delta, dout) -> (dq, dk, dv)` with
+  `delta = rowsum(dout * out) - dlse`, which recomputes the logits instead of
+  reading stored probabilities. So `grad` keeps only `q, k, v, out, lse` as
+  residuals: memory O(rows x head dim), never O(nnz).
+
+On the CPU the forward and the backward are C++ kernels
+(csrc/attention/). Everywhere else (CUDA, float64 on CUDA, or
+`JAXSPARSE_DISABLE_FFI=1`) they lower to the same math written with the
+`sddmm`, `spmm` and `permute` primitives (which have CUDA kernels); there the
+intermediates are nnz-sized but live only inside one primitive. The JVPs of the
+tangent and backward primitives are the JVPs of those compositions, so
+derivatives of any order work.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.extend.core import Primitive
+from jax.interpreters import ad, batching
+
+from jaxsparse._src import common
+from jaxsparse._src.csr import Topology, row_ids
+from jaxsparse._src.ffi import ShardingSpec, register_lowerings
+from jaxsparse._src.sddmm import sddmm_p
+from jaxsparse._src.spmm import spmm_p
+from jaxsparse._src.transpose import permute_p
+
+NT = common.NUM_TOPOLOGY_ARRAYS
+
+
+def fused_attention(q, k, v, topology: Topology, *, causal: bool = False):
+  """`out[..., i, :] = sum_j softmax_j(q_i . k_j) v_j` over the stored `j` of row `i`.
+
+  q `[*batch, m, d]`, k `[*batch, n, d]`, v `[*batch, n, dv]` with the same
+  number of batch dims, each 1 or one common size (no scale applied; callers
+  scale q). `causal` also drops stored entries with `j > i`. Returns
+  `[*batch, m, dv]`; a row with no key gives zeros.
+  """
+  out, _ = attention_fwd_p.bind(q, k, v, *topology.arrays, shape=topology.shape,
+                                causal=bool(causal))
+  return out
+
+
+# -- primitives -------------------------------------------------------------------
+attention_fwd_p = Primitive("jaxsparse_attention_fwd")
+attention_fwd_p.multiple_results = True
+attention_tangent_p = Primitive("jaxsparse_attention_tangent")
+attention_tangent_p.multiple_results = True
+attention_bwd_p = Primitive("jaxsparse_attention_bwd")
+attention_bwd_p.multiple_results = True
+
+
+# -- abstract eval ----------------------------------------------------------------
+def _check(name, shape, q, k, v):
+  m, n = shape
+  if q.ndim < 3 or k.ndim != q.ndim or v.ndim != q.ndim:
+    raise ValueError(f"{name}: expected q [*B, m, d], k [*B, n, d], v [*B, n, dv] with the "
+                     f"same rank >= 3, got {q.shape}, {k.shape}, {v.shape}")
+  if q.shape[-2] != m or k.shape[-2] != n or v.shape[-2] != n or k.shape[-1] != q.shape[-1]:
+    raise ValueError(f"{name}: shapes {q.shape}, {k.shape}, {v.shape} do not fit the "
+                     f"topology {shape}")
+
+
+def _fwd_abstract_eval(q, k, v, *topo, shape, causal):
+  _check("jaxsparse_attention_fwd", shape, q, k, v)
+  batch = common.batch_shape(q, k, v, core_ndims=(2, 2, 2))
+  m = shape[0]
+  return (q.update(shape=batch + (m, v.shape[-1]), dtype=q.dtype),
+          q.update(shape=batch + (m,), dtype=common.acc_dtype(q.dtype)))
+
+
+def _tangent_abstract_eval(q, k, v, out, lse, tq, tk, tv, *topo, shape, causal):
+  del out, tq, tk, tv
+  return _fwd_abstract_eval(q, k, v, *topo, shape=shape, causal=causal)
+
+
+def _bwd_abstract_eval(q, k, v, lse, delta, dout, *topo, shape, causal):
+  _check("jaxsparse_attention_bwd", shape, q, k, v)
+  batch = common.batch_shape(q, k, v, lse, delta, dout, core_ndims=(2, 2, 2, 1, 1, 2))
+  m, n = shape
+  return (q.update(shape=batch + (m, q.shape[-1]), dtype=q.dtype),
+          q.update(shape=batch + (n, k.shape[-1]), dtype=q.dtype),
+          q.update(shape=batch + (n, v.shape[-1]), dtype=q.dtype))
+
+
+# -- the math with the other primitives (reference lowering and higher derivatives) --
+def _segment(x, rows, m, op):
+  """`op` (a jax.ops.segment_*) over the last axis of `x` `[*B, cap]` -> `[*B, m]`."""
+  y = op(jnp.moveaxis(x, -1, 0), rows, num_segments=m, mode="drop")
+  return jnp.moveaxis(y, 0, -1)
+
+
+def _entries(topo, shape, causal):
+  """Each entry's row (clamped for gathers) and whether it takes part."""
+  t = Topology(*topo, shape=shape)
+  rows = row_ids(t)
+  valid = rows < shape[0]
+  if causal:
+    valid = valid & (t.column_indices <= rows)
+  return jnp.minimum(rows, shape[0] - 1), rows, valid
+
+
+def _full(x, batch):
+  return jnp.broadcast_to(x, batch + x.shape[len(batch):])
+
+
+def _probs(q, k, lse, topo, shape, causal):
+  """Probabilities `[*B, cap]` at the entries (0 at dropped and padding ones)."""
+  rows_c, _, valid = _entries(topo, shape, causal)
+  s = sddmm_p.bind(q, k, *topo, shape=shape).astype(lse.dtype)
+  lse_e = jnp.take(lse, rows_c, axis=-1)
+  return jnp.exp(jnp.where(valid, s - lse_e, -jnp.inf))
+
+
+def _fwd_composite(q, k, v, *topo, shape, causal):
+  m, _ = shape
+  acc = common.acc_dtype(q.dtype)
+  rows_c, rows, valid = _entries(topo, shape, causal)
+  s = jnp.where(valid, sddmm_p.bind(q, k, *topo, shape=shape).astype(acc), -jnp.inf)
+  mx = _segment(s, rows, m, jax.ops.segment_max)
+  mx = jnp.where(jnp.isfinite(mx), mx, 0)
+  e = jnp.exp(s - jnp.take(mx, rows_c, axis=-1))
+  total = _segment(e, rows, m, jax.ops.segment_sum)
+  lse = jnp.where(total > 0, mx + jnp.log(jnp.where(total > 0, total, 1)), -jnp.inf)
+  p = e / jnp.take(jnp.where(total > 0, total, 1), rows_c, axis=-1)
+  out = spmm_p.bind(p.astype(v.dtype), v, *topo, shape=shape)
+  return out, lse.astype(acc)
+
+
+def _tangent_composite(q, k, v, out, lse, tq, tk, tv, *topo, shape, causal):
+  del out
+  m, _ = shape
+  _, rows, _ = _entries(topo, shape, causal)
+  rows_c = jnp.minimum(rows, m - 1)
+  p = _probs(q, k, lse, topo, shape, causal)
+  ts = (sddmm_p.bind(tq, k, *topo, shape=shape).astype(lse.dtype)
+        + sddmm_p.bind(q, tk, *topo, shape=shape).astype(lse.dtype))
+  t_lse = _segment(p * ts, rows, m, jax.ops.segment_sum)
+  tp = p * (ts - jnp.take(t_lse, rows_c, axis=-1))
+  t_out = (spmm_p.bind(tp.astype(v.dtype), v, *topo, shape=shape)
+           + spmm_p.bind(p.astype(v.dtype), tv, *topo, shape=shape))
+  batch = t_out.shape[:-2]
+  return _full(t_out, batch), _full(t_lse, batch).astype(lse.dtype)
+
+
+def _bwd_composite(q, k, v, lse, delta, dout, *topo, shape, causal):
+  m, _ = shape
+  t = Topology(*topo, shape=shape)
+  rows_c, _, _ = _entries(topo, shape, causal)
+  p = _probs(q, k, lse, topo, shape, causal)
+  dp = sddmm_p.bind(dout, v, *topo, shape=shape).astype(lse.dtype)
+  ds = p * (dp - jnp.take(delta, rows_c, axis=-1))
+  dt = q.dtype
+  dq = spmm_p.bind(ds.astype(dt), k, *topo, shape=shape)
+  ds_t = permute_p.bind(ds.astype(dt), t.t_perm, t.t_perm_inv)
+  p_t = permute_p.bind(p.astype(dt), t.t_perm, t.t_perm_inv)
+  dk = spmm_p.bind(ds_t, q, *t.T.arrays, shape=t.T.shape)
+  dv = spmm_p.bind(p_t, dout, *t.T.arrays, shape=t.T.shape)
+  batch = tuple(np.broadcast_shapes(dq.shape[:-2], dk.shape[:-2], dv.shape[:-2]))
+  return _full(dq, batch), _full(dk, batch), _full(dv, batch)
+
+
+def _reference(prim, composite):
+  """The composition, or for m == 0 or n == 0 (no entry can exist) zeros, with
+  lse = -inf from the forward."""
+
+  def impl(*args, shape, causal):
+    if shape[0] > 0 and shape[1] > 0:
+      return composite(*args, shape=shape, causal=causal)
+    outs = jax.eval_shape(functools.partial(prim.bind, shape=shape, causal=causal), *args)
+    fill = [-jnp.inf if (prim is attention_fwd_p and i == 1) else 0 for i in range(len(outs))]
+    return tuple(jnp.full(o.shape, f, o.dtype) for o, f in zip(outs, fill))
+
+  return impl
+
+
+# -- kernels ------------------------------------------------------------------------
+def _fwd_ffi(q, k, v, *topo, shape, causal, platform):
+  batch = max(q.shape[0], k.shape[0], v.shape[0])
+  m = shape[0]
+  outs = (jax.ShapeDtypeStruct((batch, m, v.shape[2]), q.dtype),
+          jax.ShapeDtypeStruct((batch, m), common.acc_dtype(q.dtype)))
+  t = Topology(*topo, shape=shape)
+  return jax.ffi.ffi_call(f"jaxsparse_attention_fwd_{platform}", outs)(
+      q, k, v, t.row_offsets, t.column_indices, t.row_indices, causal=bool(causal))
+
+
+def _bwd_ffi(q, k, v, lse, delta, dout, *topo, shape, causal, platform):
+  batch = max(x.shape[0] for x in (q, k, v, lse, delta, dout))
+  m, n = shape
+  outs = (jax.ShapeDtypeStruct((batch, m, q.shape[2]), q.dtype),
+          jax.ShapeDtypeStruct((batch, n, k.shape[2]), q.dtype),
+          jax.ShapeDtypeStruct((batch, n, v.shape[2]), q.dtype))
+  t = Topology(*topo, shape=shape)
+  return jax.ffi.ffi_call(f"jaxsparse_attention_bwd_{platform}", outs)(
+      q, k, v, lse, delta, dout, t.row_offsets, t.column_indices, t.row_indices,
+      t.t_row_offsets, t.t_column_indices, t.t_row_indices, causal=bool(causal))
+
+
+# -- AD rules -----------------------------------------------------------------------
+def _instantiate(tangents, primals):
+  return [ad.instantiate_zeros(t) if type(t) is ad.Zero else t for t in tangents]
+
+
+def _fwd_jvp(primals, tangents, *, shape, causal):
+  q, k, v, *topo = primals
+  out, lse = attention_fwd_p.bind(q, k, v, *topo, shape=shape, causal=causal)
+  if all(type(t) is ad.Zero for t in tangents[:3]):
+    return (out, lse), (common.zero_tangent(out), common.zero_tangent(lse))
+  tq, tk, tv = _instantiate(tangents[:3], primals[:3])
+  t_out, t_lse = attention_tangent_p.bind(q, k, v, out, lse, tq, tk, tv, *topo,
+                                          shape=shape, causal=causal)
+  return (out, lse), (t_out, t_lse)
+
+
+def _tangent_transpose(cts, q, k, v, out, lse, tq, tk, tv, *topo, shape, causal):
+  ct_out, ct_lse = cts
+  if type(ct_out) is ad.Zero:
+    ct_out = jnp.zeros(out.shape, out.dtype)
+  acc = lse.dtype
+  delta = jnp.sum(ct_out.astype(acc) * out.astype(acc), axis=-1)
+  if type(ct_lse) is not ad.Zero:
+    delta = delta - ct_lse.astype(acc)
+  dq, dk, dv = attention_bwd_p.bind(q, k, v, lse, delta, ct_out.astype(q.dtype), *topo,
+                                    shape=shape, causal=causal)
+  res = [None] * 5
+  for ct, x in ((dq, tq), (dk, tk), (dv, tv)):
+    res.append(common.sum_to_shape(ct, x.aval.shape) if ad.is_undefined_primal(x) else None)
+  return res + [None] * len(topo)
+
+
+def _composite_jvp(prim, composite, n_dense):
+  """The JVP of a primitive as the JVP of its composition with other primitives."""
+
+  def jvp(primals, tangents, **params):
+    dense, topo = primals[:n_dense], primals[n_dense:]
+    outs = prim.bind(*primals, **params)
+    if all(type(t) is ad.Zero for t in tangents[:n_dense]):
+      return outs, [common.zero_tangent(o) for o in outs]
+    ts = _instantiate(tangents[:n_dense], dense)
+
+    def f(*xs):
+      return composite(*xs, *topo, **params)
+
+    _, t_outs = jax.jvp(f, tuple(dense), tuple(ts))
+    return outs, list(t_outs)
+
+  return jvp
+
+
+def _batcher(prim, n_dense):
+  def batcher(args, dims, **params):
+    dense, topo = args[:n_dense], args[n_dense:]
+    common.check_topology_unbatched(dims[n_dense:], "sparse attention")
+    dense = [common.batch_front(x, d) for x, d in zip(dense, dims[:n_dense])]
+    outs = prim.bind(*dense, *topo, **params)
+    return outs, [0] * len(outs)
+
+  return batcher
+
+
+# -- registration -------------------------------------------------------------------
+for _p in (attention_fwd_p, attention_tangent_p, attention_bwd_p):
+  common.define_impl(_p)
+attention_fwd_p.def_abstract_eval(_fwd_abstract_eval)
+attention_tangent_p.def_abstract_eval(_tangent_abstract_eval)
+attention_bwd_p.def_abstract_eval(_bwd_abstract_eval)
+
+ad.primitive_jvps[attention_fwd_p] = _fwd_jvp
+ad.primitive_jvps[attention_tangent_p] = _composite_jvp(attention_tangent_p,
+                                                        _tangent_composite, 8)
+ad.primitive_transposes[attention_tangent_p] = _tangent_transpose
+ad.primitive_jvps[attention_bwd_p] = _composite_jvp(attention_bwd_p, _bwd_composite, 6)
+
+batching.primitive_batchers[attention_fwd_p] = _batcher(attention_fwd_p, 3)
+batching.primitive_batchers[attention_tangent_p] = _batcher(attention_tangent_p, 8)
+batching.primitive_batchers[attention_bwd_p] = _batcher(attention_bwd_p, 6)
+
+_QKV = [("m", "d"), ("n", "d"), ("n", "dv")]
+register_lowerings(attention_fwd_p, _reference(attention_fwd_p, _fwd_composite), _fwd_ffi,
+                   "attention_fwd",
+                   ShardingSpec(core=_QKV, out_core=[("m", "dv"), ("m",)], num_topology=NT),
+                   platforms=("cpu",))
+register_lowerings(attention_tangent_p, _reference(attention_tangent_p, _tangent_composite),
+                   None, "attention_tangent",
+                   ShardingSpec(core=_QKV + [("m", "dv"), ("m",)] + _QKV,
+                                out_core=[("m", "dv"), ("m",)], num_topology=NT),
+                   platforms=())
+register_lowerings(attention_bwd_p, _reference(attention_bwd_p, _bwd_composite), _bwd_ffi,
+                   "attention_bwd",
+                   ShardingSpec(core=_QKV + [("m",), ("m",), ("m", "dv")],
+                                out_core=[("m", "d"), ("n", "d"), ("n", "dv")], num_topology=NT),
+                   platforms=("cpu",))

@@ -1,0 +1,71 @@
+"""Every CPU kernel on the instruction set forced by JAXSPARSE_CPU_ISA (run by
+test_fused_attention.test_other_instruction_sets in a subprocess, since the ISA is
+chosen once per process). Compares spmm, sddmm, sparse_softmax and fused attention
+(forward and gradients) with float64 numpy oracles in float32, float64 and
+bfloat16, on shapes that hit the vector paths and their scalar tails. Prints
+"all ok" or raises."""
+
+import math
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+jax.config.update("jax_enable_x64", True)
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jaxsparse as js  # noqa: E402
+from jaxsparse import testing as T  # noqa: E402
+
+
+def attention_oracle(q, k, v, mask):
+  q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
+  s = np.einsum("qhd,khd->hqk", q / math.sqrt(q.shape[-1]), k)
+  s = np.where(mask, s, -np.inf)
+  mx = s.max(-1, keepdims=True)
+  e = np.exp(s - np.where(np.isfinite(mx), mx, 0))
+  tot = e.sum(-1, keepdims=True)
+  return np.einsum("hqk,khd->qhd", e / np.where(tot > 0, tot, 1), v)
+
+
+def main():
+  isa = os.environ.get("JAXSPARSE_CPU_ISA", "(best)")
+  assert js.has_kernels("cpu"), "built without CPU kernels"
+  rng = np.random.default_rng(1)
+  for dtype in (np.float32, np.float64, jnp.bfloat16):
+    for m, k, n in ((37, 45, 19), (64, 80, 128), (5, 300, 33)):
+      a = T.random_csr(rng, m, k, 0.3, dtype=dtype)
+      b = jnp.asarray(rng.standard_normal((k, n)), dtype)
+      want, scale = T.spmm_oracle(a, b)
+      T.assert_close(js.spmm(a, b), want, scale, dtype, f"spmm {isa}")
+      lhs = jnp.asarray(rng.standard_normal((m, n)), dtype)
+      rhs = jnp.asarray(rng.standard_normal((k, n)), dtype)
+      vals, scale = T.sddmm_oracle(lhs, rhs, a)
+      T.assert_close(js.sddmm(lhs, rhs, a).values, vals, scale, dtype, f"sddmm {isa}")
+      sm = js.sparse_softmax(a).values
+      T.assert_close(sm, T.softmax_oracle(a), np.ones(a.nnz), dtype, f"softmax {isa}")
+    for d in (64, 16, 7):
+      t = 40
+      mask = rng.random((t, t)) < 0.3
+      mask[5] = False
+      topo = js.CSR.from_mask(mask)
+      q, kk, v = (jnp.asarray(rng.standard_normal((t, 2, d)), dtype) for _ in range(3))
+      out = js.sparse_dot_product_attention(q, kk, v, topo)
+      tol = T.tolerance(dtype) * (1 + d) * 4
+      np.testing.assert_allclose(np.asarray(out, np.float64), attention_oracle(q, kk, v, mask),
+                                 rtol=tol, atol=tol * 4, err_msg=f"attention {isa} d={d}")
+      if dtype != jnp.bfloat16:
+        loss = lambda impl: lambda q, k, v: jnp.sum(jnp.sin(  # noqa: E731
+            js.sparse_dot_product_attention(q, k, v, topo, implementation=impl)))
+        gf = jax.grad(loss("fused"), argnums=(0, 1, 2))(q, kk, v)
+        gu = jax.grad(loss("unfused"), argnums=(0, 1, 2))(q, kk, v)
+        for x, y in zip(gf, gu):
+          np.testing.assert_allclose(x, y, rtol=tol, atol=tol * 4,
+                                     err_msg=f"attention grads {isa} d={d}")
+  print("all ok", isa)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,265 @@
+"""The fused attention path (implementation="fused", the default without bias, mask,
+dropout or returned weights) against a float64 numpy oracle and against the
+unfused path: head dims on the register-blocked and the generic kernels, causal,
+empty rows, nnz = 0, grouped-query heads, broadcast batch dims, every dtype,
+gradients (first order against the oracle, check_grads order 2 in float64, forward
+and reverse mode), jit/vmap, residual memory (no nnz-sized float array in the
+gradient), the kernels really called, option errors, and kernel-side validation."""
+
+import math
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+import jaxsparse as js
+from jaxsparse import patterns
+from jaxsparse._src import fused_attention as fa
+from jaxsparse.attention import sparse_dot_product_attention as sdpa
+from jaxsparse.testing import tolerance
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _oracle(q, k, v, mask, causal=False, scale=None):
+  """float64 numpy attention over `mask` (q [..., m, H, d], k/v [..., n, Hkv, d]);
+  a row with no key gives zeros."""
+  q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
+  heads, kv_heads = q.shape[-2], k.shape[-2]
+  k = np.repeat(k, heads // kv_heads, axis=-2)
+  v = np.repeat(v, heads // kv_heads, axis=-2)
+  scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+  s = np.einsum("...qhd,...khd->...hqk", q * scale, k)
+  mask = np.asarray(mask, bool)
+  if causal:
+    mask = mask & np.tril(np.ones(mask.shape, bool))
+  s = np.where(mask, s, -np.inf)
+  mx = s.max(-1, keepdims=True)
+  mx = np.where(np.isfinite(mx), mx, 0)
+  e = np.exp(s - mx)
+  tot = e.sum(-1, keepdims=True)
+  p = e / np.where(tot > 0, tot, 1)
+  return np.einsum("...hqk,...khd->...qhd", p, v)
+
+
+def _mask(rng, m, n, density, empty_rows=()):
+  mask = rng.random((m, n)) < density
+  mask[list(empty_rows)] = False
+  return mask
+
+
+def _qkv(rng, batch, m, n, heads, d, dv, dtype, kv_heads=None):
+  kv_heads = kv_heads or heads
+  q = jnp.asarray(rng.standard_normal(batch + (m, heads, d)), dtype)
+  k = jnp.asarray(rng.standard_normal(batch + (n, kv_heads, d)), dtype)
+  v = jnp.asarray(rng.standard_normal(batch + (n, kv_heads, dv)), dtype)
+  return q, k, v
+
+
+def _check(out, ref, dtype, q, k, v):
+  # Each output is a convex combination of value rows: error bounded by tol * max|v|
+  # times the length of the dot products feeding the softmax.
+  tol = tolerance(dtype) * (1 + q.shape[-1]) * 4
+  scale = max(1.0, float(np.abs(np.asarray(v, np.float64)).max()))
+  np.testing.assert_allclose(np.asarray(out, np.float64), ref, rtol=tol, atol=tol * scale)
+
+
+# head dims: 16/32/64/128 take the register-blocked kernels (AVX-512: 1, 2, 4, 8
+# vectors), 5 / 24 / (64, 32) the generic ones.
+@pytest.mark.parametrize("d,dv", [(16, 16), (64, 64), (128, 128), (5, 5), (24, 24), (64, 32)],
+                         ids=str)
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_matches_oracle(rng, d, dv, causal):
+  m, n, heads = 19, 23, 2
+  mask = _mask(rng, m, n, 0.35, empty_rows=(0, 7))
+  q, k, v = _qkv(rng, (2,), m, n, heads, d, dv, np.float32)
+  out = jax.jit(lambda q, k, v: sdpa(q, k, v, js.CSR.from_mask(mask), is_causal=causal,
+                                     implementation="fused"))(q, k, v)
+  _check(out, _oracle(q, k, v, mask, causal), np.float32, q, k, v)
+  assert np.all(np.asarray(out)[:, 0] == 0) and np.all(np.asarray(out)[:, 7] == 0)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16, jnp.bfloat16],
+                         ids=lambda d: np.dtype(d).name)
+def test_dtypes(rng, dtype):
+  m, n, heads, d = 33, 33, 3, 32
+  topo = patterns.local(m, 4)
+  mask = np.asarray(topo.todense()) != 0
+  q, k, v = _qkv(rng, (), m, n, heads, d, d, dtype)
+  out = sdpa(q, k, v, topo)
+  assert out.dtype == np.dtype(dtype)
+  _check(out, _oracle(q, k, v, mask), dtype, q, k, v)
+
+
+def test_nnz_zero_and_degenerate(rng):
+  q, k, v = _qkv(rng, (2,), 5, 6, 2, 16, 16, np.float32)
+  empty = js.CSR.from_mask(np.zeros((5, 6), bool))
+  assert np.all(np.asarray(sdpa(q, k, v, empty)) == 0)
+  g = jax.grad(lambda q, k, v: jnp.sum(sdpa(q, k, v, empty)), argnums=(0, 1, 2))(q, k, v)
+  assert all(np.all(np.asarray(x) == 0) for x in g)
+  # Padding past the stored entries (fromdense with nnz under jit) is ignored.
+  mask = _mask(rng, 5, 6, 0.5)
+  dense = jnp.asarray(mask, jnp.float32)
+  padded = jax.jit(lambda x: js.CSR.fromdense(x, nnz=int(mask.sum()) + 7))(dense)
+  _check(sdpa(q, k, v, padded), _oracle(q, k, v, mask), np.float32, q, k, v)
+
+
+def test_grouped_query_and_broadcast_batch(rng):
+  m, n, d = 12, 15, 16
+  mask = _mask(rng, m, n, 0.4, empty_rows=(3,))
+  topo = js.CSR.from_mask(mask)
+  q = jnp.asarray(rng.standard_normal((2, 3, m, 4, d)), jnp.float32)
+  k = jnp.asarray(rng.standard_normal((3, n, 2, d)), jnp.float32)      # batch dims broadcast
+  v = jnp.asarray(rng.standard_normal((1, 1, n, 2, d)), jnp.float32)
+  out = sdpa(q, k, v, topo)
+  assert out.shape == (2, 3, m, 4, d)
+  kb, vb = (jnp.broadcast_to(x, (2, 3) + x.shape[-3:]) for x in (k, v))
+  _check(out, _oracle(q, kb, vb, mask), np.float32, q, k, v)
+  # Gradients reduce over the broadcast dims, equal to the unfused path's.
+  loss = lambda impl: lambda q, k, v: jnp.sum(jnp.sin(sdpa(q, k, v, topo, implementation=impl)))
+  gf = jax.grad(loss("fused"), argnums=(0, 1, 2))(q, k, v)
+  gu = jax.grad(loss("unfused"), argnums=(0, 1, 2))(q, k, v)
+  for a, b, x in zip(gf, gu, (q, k, v)):
+    assert a.shape == x.shape
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("d", [16, 6], ids=["regs", "generic"])
+def test_grads_match_oracle_float64(rng, causal, d):
+  m, n, heads = 11, 11, 2
+  mask = _mask(rng, m, n, 0.4, empty_rows=(4,))
+  topo = js.CSR.from_mask(mask)
+  q, k, v = _qkv(rng, (2,), m, n, heads, d, d, np.float64)
+  w = rng.standard_normal((2, m, heads, d))
+
+  def loss(q, k, v):
+    return jnp.sum(sdpa(q, k, v, topo, is_causal=causal) * w)
+
+  def loss_ref(q, k, v):  # dense float64 in jnp over the same mask (empty rows -> 0)
+    full = mask & (np.tril(np.ones((m, n), bool)) if causal else True)
+    s = jnp.einsum("bqhd,bkhd->bhqk", q / math.sqrt(d), k)
+    s = jnp.where(full, s, -jnp.inf)
+    mx = jax.lax.stop_gradient(jnp.where(full.any(-1), s.max(-1), 0))[..., None]
+    e = jnp.where(full, jnp.exp(s - mx), 0)
+    p = e / jnp.maximum(e.sum(-1, keepdims=True), 1e-300)
+    return jnp.sum(jnp.einsum("bhqk,bkhd->bqhd", p, v) * w)
+
+  g = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(q, k, v)
+  ref = jax.grad(loss_ref, argnums=(0, 1, 2))(q, k, v)
+  for a, b in zip(g, ref):
+    np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-11)
+
+
+@pytest.mark.parametrize("d", [16, 3], ids=["regs", "generic"])
+def test_check_grads_order2_float64(rng, d):
+  m, n, heads = 7, 9, 2
+  topo = js.CSR.from_mask(_mask(rng, m, n, 0.5, empty_rows=(2,)))
+  q, k, v = _qkv(rng, (2,), m, n, heads, d, d, np.float64)
+  f = lambda q, k, v: sdpa(q, k, v, topo, is_causal=True, implementation="fused")  # noqa: E731
+  check_grads(f, (q, k, v), order=2, modes=("fwd", "rev"))
+
+
+def test_jit_vmap_and_primitive_batching(rng):
+  m, n, heads, d = 10, 12, 2, 16
+  topo = js.CSR.from_mask(_mask(rng, m, n, 0.4))
+  q, k, v = _qkv(rng, (3,), m, n, heads, d, d, np.float32)
+  f = lambda q, k, v: sdpa(q, k, v, topo)  # noqa: E731
+  want = f(q, k, v)
+  np.testing.assert_allclose(jax.jit(jax.vmap(f))(q, k, v), want, rtol=1e-6, atol=1e-6)
+  # vmap over key only (query shared), and vmap of the gradient.
+  np.testing.assert_allclose(jax.vmap(f, in_axes=(None, 0, 0))(q[0], k, v),
+                             jnp.stack([f(q[0], k[i], v[i]) for i in range(3)]),
+                             rtol=1e-6, atol=1e-6)
+  gl = jax.grad(lambda q, k, v: jnp.sum(f(q, k, v) ** 2), argnums=(0, 1, 2))
+  gv = jax.vmap(gl)(q, k, v)
+  for i in range(3):
+    for a, b in zip(gv, gl(q[i], k[i], v[i])):
+      np.testing.assert_allclose(a[i], b, rtol=1e-5, atol=1e-5)
+  # Forward-mode through vmap.
+  tq = jnp.ones_like(q)
+  _, t1 = jax.vmap(lambda q, t: jax.jvp(lambda x: f(x, k[0], v[0]), (q,), (t,)))(q, tq)
+  _, t2 = jax.jvp(lambda x: jax.vmap(f, in_axes=(0, None, None))(x, k[0], v[0]), (q,), (tq,))
+  np.testing.assert_allclose(t1, t2, rtol=1e-5, atol=1e-5)
+
+
+def test_gradient_keeps_no_nnz_sized_residual(rng):
+  # Rows of 17 keys and head dim 4: an nnz-sized array [batch, heads, nnz] is
+  # 4x larger than q, k or v.
+  t, heads, d = 64, 4, 4
+  topo = patterns.local(t, 8)
+  q, k, v = _qkv(rng, (2,), t, t, heads, d, d, np.float32)
+  cap = 2 * heads * topo.nnz
+  for impl, expect_big in (("fused", False), ("unfused", True)):
+    loss = lambda q, k, v: jnp.sum(sdpa(q, k, v, topo, implementation=impl))  # noqa: E731
+    jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1, 2)))(q, k, v)
+    sizes = [math.prod(var.aval.shape) for eqn in jaxpr.jaxpr.eqns for var in eqn.outvars
+             if jnp.issubdtype(var.aval.dtype, jnp.floating)]
+    assert (max(sizes) >= cap) == expect_big, (impl, max(sizes), cap)
+
+
+def test_cpu_lowering_calls_the_fused_kernels(rng):
+  if not js.has_kernels("cpu"):
+    pytest.fail("jaxsparse was built without the CPU kernels")
+  topo = patterns.local(16, 2)
+  q, k, v = _qkv(rng, (1,), 16, 16, 2, 16, 16, np.float32)
+  loss = lambda q, k, v: jnp.sum(sdpa(q, k, v, topo))  # noqa: E731
+  hlo = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(q, k, v).as_text()
+  assert "jaxsparse_attention_fwd_cpu" in hlo and "jaxsparse_attention_bwd_cpu" in hlo
+  assert "jaxsparse_sddmm" not in hlo and "jaxsparse_spmm" not in hlo
+
+
+def test_cuda_lowering_uses_the_unfused_kernels(rng):
+  topo = patterns.local(16, 2)
+  q, k, v = _qkv(rng, (1,), 16, 16, 2, 16, 16, np.float32)
+  loss = lambda q, k, v: jnp.sum(sdpa(q, k, v, topo))  # noqa: E731
+  hlo = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).trace(q, k, v).lower(
+      lowering_platforms=("cuda",)).as_text()
+  if js.has_kernels("cuda"):
+    assert "jaxsparse_sddmm_cuda" in hlo and "jaxsparse_spmm_cuda" in hlo
+
+
+def test_implementation_option(rng):
+  topo = patterns.local(8, 2)
+  q, k, v = _qkv(rng, (1,), 8, 8, 2, 4, 4, np.float32)
+  with pytest.raises(ValueError, match="does not support bias"):
+    sdpa(q, k, v, topo, bias=jnp.zeros((8, 8)), implementation="fused")
+  with pytest.raises(ValueError, match="does not support mask, return_weights"):
+    sdpa(q, k, v, topo, mask=jnp.ones((8, 8), bool), return_weights=True,
+         implementation="fused")
+  with pytest.raises(ValueError, match="implementation must be"):
+    sdpa(q, k, v, topo, implementation="flash")
+  np.testing.assert_allclose(sdpa(q, k, v, topo, implementation="fused"),
+                             sdpa(q, k, v, topo, implementation="unfused"), rtol=1e-6, atol=1e-6)
+
+
+def test_kernel_rejects_bad_traced_topology(rng):
+  if not js.has_kernels("cpu"):
+    pytest.fail("jaxsparse was built without the CPU kernels")
+  topo = patterns.local(6, 1).topology
+  q, k, v = (jnp.ones((1, 6, 4), jnp.float32) for _ in range(3))
+
+  @jax.jit
+  def f(cols):
+    arrays = list(topo.arrays)
+    arrays[1] = cols
+    return fa.attention_fwd_p.bind(q, k, v, *arrays, shape=(6, 6), causal=False)[0]
+
+  bad = topo.column_indices.at[3].set(9)
+  with pytest.raises(Exception, match="column_indices\\[3\\] = 9 is out of range"):
+    jax.block_until_ready(f(bad))
+
+
+def test_other_instruction_sets():
+  """The AVX2 and generic kernels (the suite runs the best this CPU has)."""
+  for isa in ("avx2", "generic"):
+    env = dict(os.environ, JAXSPARSE_CPU_ISA=isa)
+    proc = subprocess.run([sys.executable, os.path.join(HERE, "isa_checks.py")],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, f"{isa}:\n{proc.stdout}\n{proc.stderr}"
+    assert "all ok" in proc.stdout, proc.stdout
