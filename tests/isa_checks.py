@@ -7,7 +7,6 @@ bfloat16, on shapes that hit the vector paths and their scalar tails. Prints
 
 import math
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -15,8 +14,7 @@ import numpy as np
 
 jax.config.update("jax_enable_x64", True)
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import jaxsparse as js  # noqa: E402
+import jaxsparse as js  # noqa: E402  (the caller puts the tested package on PYTHONPATH)
 from jaxsparse import testing as T  # noqa: E402
 
 

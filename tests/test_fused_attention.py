@@ -257,8 +257,12 @@ def test_kernel_rejects_bad_traced_topology(rng):
 
 def test_other_instruction_sets():
   """The AVX2 and generic kernels (the suite runs the best this CPU has)."""
+  # The subprocess imports the same jaxsparse as this process (installed or not).
+  pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(js.__file__)))
+  path = os.pathsep.join([pkg_parent] + ([os.environ["PYTHONPATH"]]
+                                         if os.environ.get("PYTHONPATH") else []))
   for isa in ("avx2", "generic"):
-    env = dict(os.environ, JAXSPARSE_CPU_ISA=isa)
+    env = dict(os.environ, JAXSPARSE_CPU_ISA=isa, PYTHONPATH=path)
     proc = subprocess.run([sys.executable, os.path.join(HERE, "isa_checks.py")],
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, f"{isa}:\n{proc.stdout}\n{proc.stderr}"

@@ -225,7 +225,10 @@ def test_sparsify_keeps_nonzeros_and_single_linear():
 
 # -- the example ---------------------------------------------------------------------------
 def test_lottery_ticket_example_quick():
-  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  # The example imports the same jaxsparse as this process (installed or not).
+  import jaxsparse
+  pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(jaxsparse.__file__)))
+  env = dict(os.environ, PYTHONPATH=pkg_parent + os.pathsep + os.environ.get("PYTHONPATH", ""))
   proc = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "lottery_ticket.py"),
                          "--quick"], capture_output=True, text=True, env=env, timeout=600)
   assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -20,8 +20,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 @pytest.fixture(scope="module")
 def results():
   env = dict(os.environ)
+  # The subprocess imports the same jaxsparse as this process (installed, with its
+  # kernels, in CI; the source tree in development).
+  import jaxsparse
+  pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(jaxsparse.__file__)))
   env["PYTHONPATH"] = os.pathsep.join(
-      [os.path.dirname(HERE)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+      [pkg_parent] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
   env["JAX_PLATFORMS"] = "cpu"
   proc = subprocess.run([sys.executable, os.path.join(HERE, "sharding_checks.py")],
                         env=env, capture_output=True, text=True, timeout=600)
