@@ -42,6 +42,10 @@ def main():
       rhs = jnp.asarray(rng.standard_normal((k, n)), dtype)
       vals, scale = T.sddmm_oracle(lhs, rhs, a)
       T.assert_close(js.sddmm(lhs, rhs, a).values, vals, scale, dtype, f"sddmm {isa}")
+      if dtype == jnp.bfloat16:  # vector bf16 stores: the same bits as XLA's rounding
+        ref = js.spmm(a.with_values(a.values.astype(np.float32)), b.astype(np.float32))
+        assert np.array_equal(np.asarray(js.spmm(a, b)).view(np.uint16),
+                              np.asarray(ref.astype(dtype)).view(np.uint16)), f"bf16 {isa}"
       sm = js.sparse_softmax(a).values
       T.assert_close(sm, T.softmax_oracle(a), np.ones(a.nnz), dtype, f"softmax {isa}")
     for d in (64, 16, 7):

@@ -28,6 +28,22 @@ def test_spmm_cases(case, dtype, rng):
   jst.assert_close(out, ref, scale, dtype, f"spmm {case.name}")
 
 
+@pytest.mark.parametrize("dtype", [np.float16, jnp.bfloat16], ids=lambda d: np.dtype(d).name)
+def test_spmm_half_output_rounding_is_exact(dtype, rng):
+  """Half outputs are the float32 accumulators rounded to nearest even (vector stores,
+  NaN and inf included): bit-identical to XLA's rounding of the float32 result."""
+  a = jst.random_csr(rng, 70, 50, 0.3, dtype=dtype)
+  b = rng.standard_normal((50, 77)).astype(np.float32)
+  b[0, :6] = [np.nan, np.inf, -np.inf, 1e30, -1e30, 1e-30]  # rows using column 0 get these
+  b = jnp.asarray(b, dtype)
+  out = js.spmm(a, b)
+  ref = js.spmm(a.with_values(a.values.astype(np.float32)), b.astype(np.float32)).astype(dtype)
+  differ = np.asarray(out).view(np.uint16) != np.asarray(ref).view(np.uint16)
+  both_nan = np.isnan(np.asarray(out, np.float32)) & np.isnan(np.asarray(ref, np.float32))
+  assert np.isnan(np.asarray(out, np.float32)).any() and np.isinf(np.asarray(out, np.float32)).any()
+  assert not np.any(differ & ~both_nan), f"{int((differ & ~both_nan).sum())} entries differ"
+
+
 def test_spmm_eager_jit_matmul_agree(rng):
   a = jst.random_csr(rng, 37, 53, 0.3, empty_rows=0.3)
   b = _b(rng, 53, 16, np.float32)

@@ -124,10 +124,19 @@ struct Avx2Ops {
     _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
                      _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
   }
+  // Round to nearest even (x + 0x7fff + lsb) >> 16, NaN -> quiet NaN; the same bits
+  // as FloatToBFloat16Bits.
   JAXSPARSE_AVX2_FN void Store(BFloat16* p, V v) {
-    alignas(32) float tmp[kLanes];
-    _mm256_store_ps(tmp, v);
-    for (int i = 0; i < kLanes; ++i) p[i] = FromAccum<BFloat16>(tmp[i]);
+    const __m256i x = _mm256_castps_si256(v);
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(x, 16), _mm256_set1_epi32(1));
+    __m256i r = _mm256_srli_epi32(
+        _mm256_add_epi32(_mm256_add_epi32(x, _mm256_set1_epi32(0x7fff)), lsb), 16);
+    const __m256i nan = _mm256_or_si256(_mm256_srli_epi32(x, 16), _mm256_set1_epi32(0x40));
+    const __m256 is_nan = _mm256_cmp_ps(v, v, _CMP_UNORD_Q);
+    r = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(r), _mm256_castsi256_ps(nan), is_nan));
+    // 8 x uint32 (each <= 0xffff) -> 8 x uint16 in order.
+    const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
   }
   JAXSPARSE_AVX2_FN float ReduceAdd(V v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -158,10 +167,15 @@ struct Avx512Ops {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
                         _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
   }
+  // As Avx2Ops::Store(BFloat16*): the same bits as FloatToBFloat16Bits.
   JAXSPARSE_AVX512_FN void Store(BFloat16* p, V v) {
-    alignas(64) float tmp[kLanes];
-    _mm512_store_ps(tmp, v);
-    for (int i = 0; i < kLanes; ++i) p[i] = FromAccum<BFloat16>(tmp[i]);
+    const __m512i x = _mm512_castps_si512(v);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(x, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_srli_epi32(
+        _mm512_add_epi32(_mm512_add_epi32(x, _mm512_set1_epi32(0x7fff)), lsb), 16);
+    const __m512i nan = _mm512_or_si512(_mm512_srli_epi32(x, 16), _mm512_set1_epi32(0x40));
+    r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), nan);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(r));
   }
   JAXSPARSE_AVX512_FN float ReduceAdd(V v) { return _mm512_reduce_add_ps(v); }
 };
