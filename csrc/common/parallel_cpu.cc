@@ -89,10 +89,10 @@ const TaskRunner* DefaultTaskRunner() {
 }
 
 void ParallelFor(const TaskRunner* runner, int64_t num_items, double work,
-                 const std::function<void(int64_t, int64_t)>& fn) {
+                 const std::function<void(int64_t, int64_t)>& fn, double min_work) {
   if (num_items <= 0) return;
   const int workers = runner == nullptr ? 0 : runner->NumWorkers();
-  if (workers <= 0 || num_items == 1 || work < kMinParallelWork) {
+  if (workers <= 0 || num_items == 1 || work < min_work) {
     fn(0, num_items);
     return;
   }

@@ -32,8 +32,10 @@ constexpr double kMinParallelWork = 65536.0;
 // chunks claimed from an atomic counter by the caller and up to NumWorkers() helper
 // tasks. Returns when every chunk has completed. `work` is the estimated cost of the
 // whole call (FLOPs); small calls and runner == nullptr run serially. fn must not throw.
+// `min_work` replaces kMinParallelWork for callers that measured their own cutoff.
 void ParallelFor(const TaskRunner* runner, int64_t num_items, double work,
-                 const std::function<void(int64_t, int64_t)>& fn);
+                 const std::function<void(int64_t, int64_t)>& fn,
+                 double min_work = kMinParallelWork);
 
 }  // namespace cpu
 }  // namespace jaxsparse

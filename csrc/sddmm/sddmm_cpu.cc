@@ -36,6 +36,12 @@ namespace avx512 {
 
 namespace {
 
+// Below this many FLOPs an SDDMM runs on the caller alone. Measured on the 2-core
+// dev VM (benchmarks/NOTES.md, change 8): DLMC matrices with 1-2k nonzeros at d = 64
+// (0.13-0.21 MFLOP) took 8-9 us serial against 10-15 us with a helper thread;
+// 5k nonzeros (0.68 MFLOP) took 20 us serial against 15.5 us in parallel.
+constexpr double kSddmmMinParallelWork = 262144.0;
+
 template <typename T>
 void RunItems(Isa isa, const SddmmArgs<T>& a, int64_t begin, int64_t end) {
 #if JAXSPARSE_HAVE_X86_SIMD
@@ -64,7 +70,8 @@ int SddmmCpu(const SddmmArgs<T>& a, const TaskRunner* runner) {
   const double work = 2.0 * static_cast<double>(nnz) * static_cast<double>(a.d + 1) * a.batch;
   const Isa isa = SelectedIsa();
   ParallelFor(runner, a.batch * a.m, work,
-              [&](int64_t begin, int64_t end) { RunItems<T>(isa, a, begin, end); });
+              [&](int64_t begin, int64_t end) { RunItems<T>(isa, a, begin, end); },
+              kSddmmMinParallelWork);
   return 0;
 }
 
