@@ -28,12 +28,15 @@ def test_spmm_cases(case, dtype, rng):
   jst.assert_close(out, ref, scale, dtype, f"spmm {case.name}")
 
 
+@pytest.mark.parametrize("m,k,n", [(70, 50, 77), (300, 512, 256)], ids=["small", "wide"])
 @pytest.mark.parametrize("dtype", [np.float16, jnp.bfloat16], ids=lambda d: np.dtype(d).name)
-def test_spmm_half_output_rounding_is_exact(dtype, rng):
-  """Half outputs are the float32 accumulators rounded to nearest even (vector stores,
-  NaN and inf included): bit-identical to XLA's rounding of the float32 result."""
-  a = jst.random_csr(rng, 70, 50, 0.3, dtype=dtype)
-  b = rng.standard_normal((50, 77)).astype(np.float32)
+def test_spmm_half_output_rounding_is_exact(dtype, m, k, n, rng):
+  """Half outputs are the float32 accumulators rounded once to nearest even (vector
+  stores, NaN and inf included): bit-identical to XLA's rounding of the float32
+  result (for "wide" the float32 reference takes the k-blocked kernel and the half
+  types the row-strip one: the same sums in the same order)."""
+  a = jst.random_csr(rng, m, k, 0.3, dtype=dtype)
+  b = rng.standard_normal((k, n)).astype(np.float32)
   b[0, :6] = [np.nan, np.inf, -np.inf, 1e30, -1e30, 1e-30]  # rows using column 0 get these
   b = jnp.asarray(b, dtype)
   out = js.spmm(a, b)
