@@ -131,15 +131,36 @@ def test_nnx_dropout(rng):
   assert not np.allclose(a, det) and not np.allclose(a, b)        # rng stream advances
 
 
-def test_nnx_decode_and_attention_fn_rejected(rng):
+DECODE_TOPOLOGIES = {
+    "causal": lambda: patterns.causal(T),
+    "local_causal": lambda: patterns.local(T, 2, causal=True),
+    "strided_causal": lambda: patterns.union(patterns.local(T, 1, causal=True),
+                                             patterns.strided(T, 3, causal=True)),
+}
+
+
+@pytest.mark.parametrize("name", list(DECODE_TOPOLOGIES))
+def test_nnx_decode_matches_full_forward(rng, name):
+  """Token-by-token decoding with the cache equals the full causal forward."""
+  topo = DECODE_TOPOLOGIES[name]()
+  sparse = jsf.SparseMultiHeadAttention(H, F, topology=topo, num_kv_heads=1, rngs=nnx.Rngs(0))
+  x = _x(rng)
+  full = sparse(x)
+  sparse.init_cache(x.shape)
+  step = nnx.jit(lambda m, x: m(x, decode=True))
+  outs = [sparse(x[:, :1], decode=True)] + [step(sparse, x[:, t:t + 1]) for t in range(1, T)]
+  np.testing.assert_allclose(jnp.concatenate(outs, axis=1), full, rtol=1e-5, atol=1e-5)
+  # And equals the dense module decoding with the same weights and the pattern as mask.
+  dense = nnx.MultiHeadAttention(H, F, num_kv_heads=1, decode=False, rngs=nnx.Rngs(1))
+  nnx.update(dense, nnx.state(sparse, nnx.Param))
+  np.testing.assert_allclose(full, dense(x, mask=_dense_mask(topo)), rtol=1e-5, atol=1e-5)
+
+
+def test_nnx_attention_fn_rejected(rng):
   topo = patterns.causal(T)
-  with pytest.raises(NotImplementedError, match="decode"):
-    jsf.SparseMultiHeadAttention(H, F, topology=topo, decode=True, rngs=nnx.Rngs(0))
   sparse = jsf.SparseMultiHeadAttention(H, F, topology=topo, rngs=nnx.Rngs(0))
-  with pytest.raises(NotImplementedError, match="decode"):
-    sparse(_x(rng), decode=True)
-  with pytest.raises(NotImplementedError, match="decode"):
-    sparse.init_cache((2, T, F))
+  with pytest.raises(ValueError, match="cache"):
+    sparse(_x(rng)[:, :1], decode=True)  # decoding before init_cache
   with pytest.raises(TypeError, match="attention_fn"):
     jsf.SparseMultiHeadAttention(H, F, topology=topo, rngs=nnx.Rngs(0),
                                  attention_fn=nnx.dot_product_attention)
@@ -205,13 +226,30 @@ def test_linen_attention_fn_sow_dropout_and_errors(rng):
                              rtol=1e-6, atol=1e-6)
   out = drop.apply(params, x, deterministic=False, rngs={"dropout": jax.random.key(1)})
   assert out.shape == (2, T, F) and not np.allclose(out, sparse.apply(params, x))
-  with pytest.raises(NotImplementedError, match="decode"):
-    SparseMultiHeadDotProductAttention(num_heads=H, topology=topo, decode=True)
   with pytest.raises(TypeError, match="topology"):
     SparseMultiHeadDotProductAttention(num_heads=H)
   with pytest.raises(TypeError, match="attention_fn"):
     SparseMultiHeadDotProductAttention(num_heads=H, topology=topo,
                                        attention_fn=lambda *a, **k: None)
+
+
+@pytest.mark.parametrize("name", list(DECODE_TOPOLOGIES))
+def test_linen_decode_matches_full_forward(rng, name):
+  topo = DECODE_TOPOLOGIES[name]()
+  x = _x(rng)
+  full_mod = SparseMultiHeadDotProductAttention(num_heads=H, qkv_features=F, topology=topo)
+  dec_mod = SparseMultiHeadDotProductAttention(num_heads=H, qkv_features=F, topology=topo,
+                                               decode=True)
+  variables = dec_mod.init(jax.random.key(0), x)       # creates the cache for [2, T, F]
+  params, cache = variables["params"], variables["cache"]
+  full = full_mod.apply({"params": params}, x)
+  step = jax.jit(lambda p, c, x: dec_mod.apply({"params": p, "cache": c}, x, mutable=["cache"]))
+  outs = []
+  for t in range(T):
+    out, mutated = step(params, cache, x[:, t:t + 1])
+    cache = mutated["cache"]
+    outs.append(out)
+  np.testing.assert_allclose(jnp.concatenate(outs, axis=1), full, rtol=1e-5, atol=1e-5)
 
 
 def test_linen_inside_parent_module(rng):

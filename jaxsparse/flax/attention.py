@@ -11,15 +11,77 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import functools
 from typing import Any, Callable
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from jaxsparse._src.csr import CSR, Topology, as_topology
 from jaxsparse.attention import sparse_dot_product_attention
 
 __all__ = ["SparseMultiHeadAttention", "sparse_attention_fn"]
+
+
+# The query row of an autoregressive decoding step (the cache index before the
+# step), set by the modules' __call__ around the dense module's decode path.
+_DECODE_ROW: contextvars.ContextVar = contextvars.ContextVar("jaxsparse_decode_row",
+                                                             default=None)
+
+
+@contextlib.contextmanager
+def decoding_row(row):
+  """Within the block, an attention_fn call with one query row is decoding step `row`."""
+  token = _DECODE_ROW.set(row)
+  try:
+    yield
+  finally:
+    _DECODE_ROW.reset(token)
+
+
+def _max_row_length(topo: Topology, who: str) -> int:
+  try:
+    offsets = np.asarray(topo.row_offsets)
+  except Exception:  # a tracer: the topology must be concrete to decode
+    raise ValueError(f"jaxsparse.flax.{who}: decoding needs a concrete topology (built on "
+                     "the host), not one traced under jit") from None
+  return int(np.max(np.diff(offsets))) if offsets.size > 1 else 0
+
+
+def _decode_attention(query, key, value, topo: Topology, row, max_row: int, *, bias, mask,
+                      **kwargs):
+  """One decoding step: query `[..., 1, heads, d]` attends to the cached keys of
+  topology row `row` (a traced int): the row's columns, padded to the longest
+  row, gather the keys and values, and the attention runs over those `max_row`
+  entries with the padding masked out. `mask` / `bias` (Flax's cache mask,
+  `[..., 1, kv_len]` broadcastable) are read at the same columns."""
+  row = jnp.asarray(row, jnp.int32)
+  cap = topo.cap
+  start = topo.row_offsets[row]
+  length = topo.row_offsets[row + 1] - start
+  pos = jnp.arange(max(max_row, 1), dtype=jnp.int32)
+  valid = pos < length
+  cols = jnp.where(valid, topo.column_indices[jnp.clip(start + pos, 0, max(cap - 1, 0))], 0)
+  k = jnp.take(key, cols, axis=-3)
+  v = jnp.take(value, cols, axis=-3)
+  keep = valid
+  if mask is not None:
+    keep = keep & jnp.take(jnp.asarray(mask, bool), cols, axis=-1)
+  if bias is not None:
+    bias = jnp.take(jnp.asarray(bias), cols, axis=-1)
+  dense_row = _dense_row(max(max_row, 1))
+  return sparse_dot_product_attention(query, k, v, dense_row, bias=bias, mask=keep, **kwargs)
+
+
+@functools.lru_cache(maxsize=64)
+def _dense_row(n: int) -> Topology:
+  """The topology of a fully stored `[1, n]` matrix (built on the host, cached)."""
+  with jax.ensure_compile_time_eval():  # concrete arrays even when first built under jit
+    return CSR.from_mask(np.ones((1, n), bool)).topology
 
 
 def _sow(module, weights: CSR):
@@ -68,6 +130,12 @@ def sparse_attention_fn(topology, *, implementation: str | None = None) -> Calla
     raise NotImplementedError.
   """
   topo = as_topology(topology, "flax.sparse_attention_fn")
+  longest = []
+
+  def max_row():  # computed on the first decoding step, once
+    if not longest:
+      longest.append(_max_row_length(topo, "sparse_attention_fn"))
+    return longest[0]
 
   def attention_fn(query, key, value, bias=None, mask=None, broadcast_dropout: bool = True,
                    dropout_rng=None, dropout_rate: float = 0.0, deterministic: bool = False,
@@ -79,6 +147,12 @@ def sparse_attention_fn(topology, *, implementation: str | None = None) -> Calla
       raise NotImplementedError(
           "jaxsparse.flax.sparse_attention_fn: custom qk_attn_weights_einsum / "
           "attn_weights_value_einsum are not supported by sparse attention")
+    row = _DECODE_ROW.get()
+    if row is not None and query.shape[-3] == 1:
+      return _decode_attention(
+          query, key, value, topo, row, max_row(), bias=bias, mask=mask,
+          dropout_rate=dropout_rate, dropout_rng=dropout_rng, deterministic=deterministic,
+          broadcast_dropout=broadcast_dropout, dtype=dtype)
     result = sparse_dot_product_attention(
         query, key, value, topo, bias=bias, mask=mask, is_causal=is_causal,
         dropout_rate=dropout_rate, dropout_rng=dropout_rng, deterministic=deterministic,
@@ -102,10 +176,6 @@ def _check_attention_fn(attention_fn, who: str):
                     "module instead if you need to build it yourself")
 
 
-_DECODE_MSG = ("jaxsparse.flax.{who}: decode=True (autoregressive cache) is not supported: "
-               "a cached decoding step attends one query row whose keys depend on the step. "
-               "Decode with the dense module and the equivalent mask (the parameters are "
-               "the same).")
 
 
 class SparseMultiHeadAttention(nnx.MultiHeadAttention):
@@ -122,8 +192,12 @@ class SparseMultiHeadAttention(nnx.MultiHeadAttention):
   `normalize_qk`), so `nnx.update(sparse, nnx.state(dense))` loads a dense
   model's weights.
 
-  `decode=True` (autoregressive cache) raises NotImplementedError. `decode`
-  defaults to False (not None), so calls need not pass it.
+  Autoregressive decoding works as in the dense module (`init_cache`, then
+  one token per call with `decode=True`): step `i` attends to the cached keys
+  in row `i` of the topology (so the topology should be causal, and
+  `max_length` of the cache its `kv_len`), gathered at that row's columns:
+  the cost per step is the row's length, not the cache's. The topology must be
+  concrete (built on the host). Attention weights are not sown while decoding.
   """
 
   def __init__(self, num_heads: int, in_features: int, qkv_features: int | None = None,
@@ -131,8 +205,6 @@ class SparseMultiHeadAttention(nnx.MultiHeadAttention):
                in_kv_features: int | None = None, *, topology, attention_fn=None,
                decode: bool | None = False, **kwargs):
     _check_attention_fn(attention_fn, "SparseMultiHeadAttention")
-    if decode:
-      raise NotImplementedError(_DECODE_MSG.format(who="SparseMultiHeadAttention"))
     super().__init__(num_heads, in_features, qkv_features, out_features, num_kv_heads,
                      in_kv_features, attention_fn=sparse_attention_fn(topology),
                      decode=decode, **kwargs)
@@ -144,10 +216,9 @@ class SparseMultiHeadAttention(nnx.MultiHeadAttention):
 
   def __call__(self, inputs_q, inputs_k=None, inputs_v=None, *, decode: bool | None = None,
                **kwargs):
-    """As `nnx.MultiHeadAttention.__call__`; `decode=True` raises NotImplementedError."""
-    if decode or (decode is None and self.decode):
-      raise NotImplementedError(_DECODE_MSG.format(who="SparseMultiHeadAttention"))
-    return super().__call__(inputs_q, inputs_k, inputs_v, decode=False, **kwargs)
-
-  def init_cache(self, input_shape, dtype=jnp.float32):
-    raise NotImplementedError(_DECODE_MSG.format(who="SparseMultiHeadAttention"))
+    """As `nnx.MultiHeadAttention.__call__`."""
+    decoding = decode if decode is not None else self.decode
+    if decoding and getattr(self, "cache_index", None) is not None:
+      with decoding_row(self.cache_index[...]):
+        return super().__call__(inputs_q, inputs_k, inputs_v, decode=decode, **kwargs)
+    return super().__call__(inputs_q, inputs_k, inputs_v, decode=decode, **kwargs)

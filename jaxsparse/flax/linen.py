@@ -11,7 +11,7 @@ from typing import Any
 
 from flax import linen as nn
 
-from jaxsparse.flax.attention import _DECODE_MSG, sparse_attention_fn
+from jaxsparse.flax.attention import decoding_row, sparse_attention_fn
 from jaxsparse.flax.linen_linear import SparseLinear
 
 __all__ = ["SparseLinear", "SparseMultiHeadDotProductAttention", "sparse_attention_fn"]
@@ -25,7 +25,9 @@ class SparseMultiHeadDotProductAttention(nn.MultiHeadDotProductAttention):
   from `jaxsparse.patterns`), required, shared by every batch element and
   head. `attention_fn` is set to `sparse_attention_fn(topology)` (see it for
   how `mask`, dropout and `sow_weights` behave); passing another one raises
-  TypeError. `decode=True` raises NotImplementedError.
+  TypeError. `decode=True` decodes as the dense module does, one token per
+  call after the cache is initialized; step `i` attends to the cached keys in
+  row `i` of the topology (see `jaxsparse.flax.SparseMultiHeadAttention`).
 
   The parameter tree is the dense module's, so
   `sparse.apply(dense.init(...), x)` works.
@@ -38,8 +40,6 @@ class SparseMultiHeadDotProductAttention(nn.MultiHeadDotProductAttention):
       raise TypeError("jaxsparse.flax.linen.SparseMultiHeadDotProductAttention: the "
                       "topology field is required (a jaxsparse.CSR or Topology of shape "
                       "[q_len, kv_len])")
-    if self.decode:
-      raise NotImplementedError(_DECODE_MSG.format(who="linen.SparseMultiHeadDotProductAttention"))
     fn = self.attention_fn
     current = getattr(fn, "topology", None)
     if fn is not nn.dot_product_attention and current is None:
@@ -50,3 +50,10 @@ class SparseMultiHeadDotProductAttention(nn.MultiHeadDotProductAttention):
       # Linen modules are frozen dataclasses: set the field before Module.__post_init__.
       object.__setattr__(self, "attention_fn", sparse_attention_fn(self.topology))
     super().__post_init__()
+
+  def __call__(self, inputs_q, inputs_k=None, inputs_v=None, **kwargs):
+    """As `nn.MultiHeadDotProductAttention.__call__`."""
+    if self.decode and self.has_variable("cache", "cache_index"):
+      with decoding_row(self.get_variable("cache", "cache_index")):
+        return super().__call__(inputs_q, inputs_k, inputs_v, **kwargs)
+    return super().__call__(inputs_q, inputs_k, inputs_v, **kwargs)
