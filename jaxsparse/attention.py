@@ -14,8 +14,9 @@ gives zeros (the dense version averages every value there).
 Two implementations, both called once for all batch elements and heads (heads
 are moved next to the batch dims):
 
-- "fused" (the default when there is no bias, mask, dropout or returned
-  weights): one primitive computes the output and the per-row log-sum-exp; its
+- "fused" (the default when there is no bias, dropout or returned weights; a
+  mask is read at the stored entries as a uint8 array): one primitive computes
+  the output and the per-row log-sum-exp; its
   gradient recomputes the logits instead of storing the probabilities
   (flash-attention style), so `grad` keeps O(q_len x head_dim) residuals and
   never an nnz-sized array (C++ kernels on the CPU; elsewhere it runs as the
@@ -184,12 +185,13 @@ def sparse_dot_product_attention(
       float32 inside the kernels).
     return_weights: also return the attention probabilities as a `CSR` with
       values `[batch..., heads, nnz]` (before dropout).
-    implementation: None (default: "fused" when `bias`, `mask`, dropout and
+    implementation: None (default: "fused" when `bias`, dropout and
       `return_weights` are all unused, else "unfused"), "fused" (never stores
-      the probabilities; backward recomputes them; ValueError if one of those
-      options is used) or "unfused" (sddmm -> sparse_softmax -> spmm; stores
-      nnz-sized logits and probabilities for the backward pass). Both give the
-      same values within rounding.
+      the probabilities; backward recomputes them; a `mask` becomes one byte
+      per stored entry; ValueError if one of those options is used) or
+      "unfused" (sddmm -> sparse_softmax -> spmm; stores nnz-sized logits and
+      probabilities for the backward pass). Both give the same values within
+      rounding.
 
   Returns:
     `[batch..., q_len, heads, v_head_dim]` in the computation dtype (and the
@@ -210,8 +212,8 @@ def sparse_dot_product_attention(
   dtype = check_value_dtype(dtype, "dtype")
   _check_qkv(query, key, value, topo, fn)
   dropout = dropout_rate > 0.0 and not deterministic
-  unfusable = [what for what, used in (("bias", bias is not None), ("mask", mask is not None),
-                                      ("dropout", dropout), ("return_weights", return_weights))
+  unfusable = [what for what, used in (("bias", bias is not None), ("dropout", dropout),
+                                      ("return_weights", return_weights))
                if used]
   if implementation is None:
     implementation = "unfused" if unfusable else "fused"
@@ -241,10 +243,28 @@ def sparse_dot_product_attention(
     vh = vh[..., :, None, :, :]
 
   if implementation == "fused":
-    batch = np.broadcast_shapes(qh.shape[:-2], kh.shape[:-2], vh.shape[:-2])
-    qh, kh, vh = (x.reshape((1,) * (len(batch) - (x.ndim - 2)) + x.shape)
-                  for x in (qh, kh, vh))
-    out = fused_attention(qh, kh, vh, topo, causal=is_causal)  # [..., (kv_heads, group,) q, dv]
+    keep = None
+    if mask is not None:  # read at the entries: [..., heads or 1, nnz]
+      keep = _gather_at_entries(jnp.asarray(mask), topo, "mask", fn).astype(jnp.uint8)
+      if keep.ndim == 1:
+        keep = keep[None]
+      if group > 1:
+        hm = keep.shape[-2]
+        keep = keep.reshape(keep.shape[:-2] + ((kv_heads, group) if hm == heads else (1, 1))
+                            + keep.shape[-1:])
+    shapes = [qh.shape[:-2], kh.shape[:-2], vh.shape[:-2]]
+    if keep is not None:
+      shapes.append(keep.shape[:-1])
+    try:
+      batch = np.broadcast_shapes(*shapes)
+    except ValueError:
+      raise ValueError(f"jaxsparse.{fn}: mask of shape {jnp.shape(mask)} does not broadcast "
+                       f"to [batch..., heads, q_len, kv_len] for query {query.shape}") from None
+    pad = lambda x, core: x.reshape((1,) * (len(batch) - (x.ndim - core)) + x.shape)  # noqa: E731
+    qh, kh, vh = (pad(x, 2) for x in (qh, kh, vh))
+    if keep is not None:
+      keep = pad(keep, 1)
+    out = fused_attention(qh, kh, vh, topo, causal=is_causal, keep=keep)
     if group > 1:
       out = out.reshape(out.shape[:-4] + (heads,) + out.shape[-2:])
     return jnp.moveaxis(out, -3, -2).astype(dtype)

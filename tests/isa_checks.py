@@ -55,12 +55,17 @@ def main():
       topo = js.CSR.from_mask(mask)
       q, kk, v = (jnp.asarray(rng.standard_normal((t, 2, d)), dtype) for _ in range(3))
       out = js.sparse_dot_product_attention(q, kk, v, topo)
+      keep = rng.random((t, t)) < 0.7       # a mask read by the fused kernel
+      out_m = js.sparse_dot_product_attention(q, kk, v, topo, mask=keep)
       tol = T.tolerance(dtype) * (1 + d) * 4
       np.testing.assert_allclose(np.asarray(out, np.float64), attention_oracle(q, kk, v, mask),
                                  rtol=tol, atol=tol * 4, err_msg=f"attention {isa} d={d}")
+      np.testing.assert_allclose(np.asarray(out_m, np.float64),
+                                 attention_oracle(q, kk, v, mask & keep),
+                                 rtol=tol, atol=tol * 4, err_msg=f"masked attention {isa} d={d}")
       if dtype != jnp.bfloat16:
         loss = lambda impl: lambda q, k, v: jnp.sum(jnp.sin(  # noqa: E731
-            js.sparse_dot_product_attention(q, k, v, topo, implementation=impl)))
+            js.sparse_dot_product_attention(q, k, v, topo, mask=keep, implementation=impl)))
         gf = jax.grad(loss("fused"), argnums=(0, 1, 2))(q, kk, v)
         gu = jax.grad(loss("unfused"), argnums=(0, 1, 2))(q, kk, v)
         for x, y in zip(gf, gu):

@@ -165,6 +165,51 @@ def test_check_grads_order2_float64(rng, d):
   check_grads(f, (q, k, v), order=2, modes=("fwd", "rev"))
 
 
+MASKS = {
+    # name: mask shape for q [B=2, m, H=4, d] (broadcastable to [B, H, m, n])
+    "shared": lambda m, n: (m, n),
+    "key_padding": lambda m, n: (2, 1, 1, n),
+    "per_head": lambda m, n: (1, 4, m, n),
+    "full": lambda m, n: (2, 4, m, n),
+}
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2], ids=["mha", "gqa"])
+@pytest.mark.parametrize("mask_kind", list(MASKS))
+@pytest.mark.parametrize("d", [16, 6], ids=["regs", "generic"])
+def test_mask_matches_unfused(rng, mask_kind, kv_heads, d):
+  """A mask runs on the fused path (one byte per stored entry), equal to the unfused
+  path forward and backward; rows left with no key give zeros."""
+  m, n = 13, 11
+  topo = js.CSR.from_mask(_mask(rng, m, n, 0.5))
+  q, k, v = _qkv(rng, (2,), m, n, 4, d, d, np.float32, kv_heads=kv_heads)
+  mask = jnp.asarray(rng.random(MASKS[mask_kind](m, n)) < 0.6)
+  f = lambda impl: lambda q, k, v: sdpa(q, k, v, topo, mask=mask, is_causal=True,  # noqa: E731
+                                        implementation=impl)
+  np.testing.assert_allclose(f("fused")(q, k, v), f("unfused")(q, k, v), rtol=1e-5, atol=1e-5)
+  loss = lambda impl: lambda q, k, v: jnp.sum(jnp.sin(f(impl)(q, k, v)))  # noqa: E731
+  gf = jax.jit(jax.grad(loss("fused"), argnums=(0, 1, 2)))(q, k, v)
+  gu = jax.grad(loss("unfused"), argnums=(0, 1, 2))(q, k, v)
+  for a, b in zip(gf, gu):
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5)
+  hlo = jax.jit(jax.grad(loss(None), argnums=(0, 1, 2))).lower(q, k, v).as_text()
+  assert "jaxsparse_attention_bwd_cpu" in hlo   # the default takes the fused path
+
+
+def test_mask_check_grads_order2_and_vmap(rng):
+  m, n, d = 7, 9, 4
+  topo = js.CSR.from_mask(_mask(rng, m, n, 0.6))
+  q, k, v = _qkv(rng, (2,), m, n, 2, d, d, np.float64)
+  mask = jnp.asarray(rng.random((2, 1, m, n)) < 0.7)
+  f = lambda q, k, v: sdpa(q, k, v, topo, mask=mask, implementation="fused")  # noqa: E731
+  check_grads(f, (q, k, v), order=2, modes=("fwd", "rev"))
+  # vmap over the mask (a batch of masks through the primitive's batching rule).
+  masks = jnp.asarray(rng.random((3, 2, 1, m, n)) < 0.7)
+  g = lambda mk: sdpa(q, k, v, topo, mask=mk, implementation="fused")  # noqa: E731
+  np.testing.assert_allclose(jax.vmap(g)(masks), jnp.stack([g(x) for x in masks]),
+                             rtol=1e-12, atol=1e-12)
+
+
 def test_jit_vmap_and_primitive_batching(rng):
   m, n, heads, d = 10, 12, 2, 16
   topo = js.CSR.from_mask(_mask(rng, m, n, 0.4))
@@ -229,8 +274,8 @@ def test_implementation_option(rng):
   q, k, v = _qkv(rng, (1,), 8, 8, 2, 4, 4, np.float32)
   with pytest.raises(ValueError, match="does not support bias"):
     sdpa(q, k, v, topo, bias=jnp.zeros((8, 8)), implementation="fused")
-  with pytest.raises(ValueError, match="does not support mask, return_weights"):
-    sdpa(q, k, v, topo, mask=jnp.ones((8, 8), bool), return_weights=True,
+  with pytest.raises(ValueError, match="does not support dropout, return_weights"):
+    sdpa(q, k, v, topo, dropout_rate=0.5, dropout_rng=jax.random.key(0), return_weights=True,
          implementation="fused")
   with pytest.raises(ValueError, match="implementation must be"):
     sdpa(q, k, v, topo, implementation="flash")
@@ -248,7 +293,8 @@ def test_kernel_rejects_bad_traced_topology(rng):
   def f(cols):
     arrays = list(topo.arrays)
     arrays[1] = cols
-    return fa.attention_fwd_p.bind(q, k, v, *arrays, shape=(6, 6), causal=False)[0]
+    keep = jnp.zeros((1, 0), jnp.uint8)  # no mask
+    return fa.attention_fwd_p.bind(q, k, v, keep, *arrays, shape=(6, 6), causal=False)[0]
 
   bad = topo.column_indices.at[3].set(9)
   with pytest.raises(Exception, match="column_indices\\[3\\] = 9 is out of range"):

@@ -4,7 +4,8 @@
 // keys c > r when causal):
 //   s_c = q[r] . k[c],  lse[r] = log sum_c exp(s_c),
 //   out[r] = sum_c exp(s_c - lse[r]) v[c]
-// (an empty row gives out = 0 and lse = -inf).
+// (an empty row gives out = 0 and lse = -inf). An optional `keep` mask over the
+// stored entries drops those where it is 0, as causal drops c > r.
 // Backward, given lse, dout and delta[r] = dout[r] . out[r] - dlse[r]:
 //   p_rc = exp(q[r] . k[c] - lse[r]),  ds_rc = p_rc (dout[r] . v[c] - delta[r]),
 //   dq[r] = sum_c ds_rc k[c]          (pass 1, over rows)
@@ -41,6 +42,8 @@ struct AttnFwdArgs {
   const T* k = nullptr;  // [Bk, n, d]
   const T* v = nullptr;  // [Bv, n, dv]
   int64_t q_stride = 0, k_stride = 0, v_stride = 0;  // batch strides: 0 or one entry
+  const uint8_t* keep = nullptr;  // [Bk, cap] (0: entry masked out) or null: all kept
+  int64_t keep_stride = 0;
   T* out = nullptr;            // [batch, m, dv]
   Accum<T>* lse = nullptr;     // [batch, m]
   int64_t batch = 0;
@@ -58,6 +61,9 @@ struct AttnBwdArgs {
   const Accum<T>* lse = nullptr;    // [Bl, m]
   const Accum<T>* delta = nullptr;  // [Bd, m]
   const T* dout = nullptr;          // [Bg, m, dv]
+  const uint8_t* keep = nullptr;    // [Bk, cap] or null, in the stored (row-major) order
+  int64_t keep_stride = 0;
+  const int32_t* t_perm = nullptr;  // [cap]: transposed position -> stored position
   int64_t q_stride = 0, k_stride = 0, v_stride = 0, lse_stride = 0, delta_stride = 0,
           dout_stride = 0;
   T* dq = nullptr;  // [batch, m, d]

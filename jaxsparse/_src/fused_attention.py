@@ -4,12 +4,14 @@ probabilities (flash-attention style).
 Three primitives, each over dense operands `[*batch, rows, dim]` (every batch
 dim 1 or one common size) and the 8 topology arrays:
 
-- `attention_fwd_p(q, k, v) -> (out, lse)`: the output and the per-row
-  log-sum-exp of the logits (`-inf` for a row with no key).
-- `attention_tangent_p(q, k, v, out, lse, tq, tk, tv) -> (t_out, t_lse)`: the
-  JVP, linear in `(tq, tk, tv)`. Reverse mode never evaluates it: its
+- `attention_fwd_p(q, k, v, keep) -> (out, lse)`: the output and the per-row
+  log-sum-exp of the logits (`-inf` for a row with no key). `keep` is a uint8
+  mask over the stored entries `[*batch, nnz]` (0: dropped), or `[*1, 0]` for
+  none.
+- `attention_tangent_p(q, k, v, keep, out, lse, tq, tk, tv) -> (t_out, t_lse)`:
+  the JVP, linear in `(tq, tk, tv)`. Reverse mode never evaluates it: its
   transpose is
-- `attention_bwd_p(q, k, v, lse, delta, dout) -> (dq, dk, dv)` with
+- `attention_bwd_p(q, k, v, keep, lse, delta, dout) -> (dq, dk, dv)` with
   `delta = rowsum(dout * out) - dlse`, which recomputes the logits instead of
   reading stored probabilities. So `grad` keeps only `q, k, v, out, lse` as
   residuals: memory O(rows x head dim), never O(nnz).
@@ -43,15 +45,20 @@ from jaxsparse._src.transpose import permute_p
 NT = common.NUM_TOPOLOGY_ARRAYS
 
 
-def fused_attention(q, k, v, topology: Topology, *, causal: bool = False):
+def fused_attention(q, k, v, topology: Topology, *, causal: bool = False, keep=None):
   """`out[..., i, :] = sum_j softmax_j(q_i . k_j) v_j` over the stored `j` of row `i`.
 
   q `[*batch, m, d]`, k `[*batch, n, d]`, v `[*batch, n, dv]` with the same
   number of batch dims, each 1 or one common size (no scale applied; callers
-  scale q). `causal` also drops stored entries with `j > i`. Returns
-  `[*batch, m, dv]`; a row with no key gives zeros.
+  scale q). `causal` also drops stored entries with `j > i`; `keep` (bool or
+  uint8 `[*batch, nnz]`, same batch rule) drops the entries where it is 0.
+  Returns `[*batch, m, dv]`; a row with no key gives zeros.
   """
-  out, _ = attention_fwd_p.bind(q, k, v, *topology.arrays, shape=topology.shape,
+  if keep is None:
+    keep = jnp.zeros((1,) * (q.ndim - 2) + (0,), jnp.uint8)
+  else:
+    keep = jnp.asarray(keep).astype(jnp.uint8)
+  out, _ = attention_fwd_p.bind(q, k, v, keep, *topology.arrays, shape=topology.shape,
                                 causal=bool(causal))
   return out
 
@@ -76,22 +83,31 @@ def _check(name, shape, q, k, v):
                      f"topology {shape}")
 
 
-def _fwd_abstract_eval(q, k, v, *topo, shape, causal):
+def _check_keep(name, keep, cap):
+  if keep.dtype != np.uint8 or keep.ndim < 2 or keep.shape[-1] not in (0, cap):
+    raise ValueError(f"{name}: keep must be uint8 [*B, nnz={cap}] (or [*1, 0] for none), got "
+                     f"{keep.dtype} {keep.shape}")
+
+
+def _fwd_abstract_eval(q, k, v, keep, *topo, shape, causal):
   _check("jaxsparse_attention_fwd", shape, q, k, v)
-  batch = common.batch_shape(q, k, v, core_ndims=(2, 2, 2))
+  _check_keep("jaxsparse_attention_fwd", keep, topo[1].shape[0])
+  batch = common.batch_shape(q, k, v, keep, core_ndims=(2, 2, 2, 1))
   m = shape[0]
   return (q.update(shape=batch + (m, v.shape[-1]), dtype=q.dtype),
           q.update(shape=batch + (m,), dtype=common.acc_dtype(q.dtype)))
 
 
-def _tangent_abstract_eval(q, k, v, out, lse, tq, tk, tv, *topo, shape, causal):
+def _tangent_abstract_eval(q, k, v, keep, out, lse, tq, tk, tv, *topo, shape, causal):
   del out, tq, tk, tv
-  return _fwd_abstract_eval(q, k, v, *topo, shape=shape, causal=causal)
+  return _fwd_abstract_eval(q, k, v, keep, *topo, shape=shape, causal=causal)
 
 
-def _bwd_abstract_eval(q, k, v, lse, delta, dout, *topo, shape, causal):
+def _bwd_abstract_eval(q, k, v, keep, lse, delta, dout, *topo, shape, causal):
   _check("jaxsparse_attention_bwd", shape, q, k, v)
-  batch = common.batch_shape(q, k, v, lse, delta, dout, core_ndims=(2, 2, 2, 1, 1, 2))
+  _check_keep("jaxsparse_attention_bwd", keep, topo[1].shape[0])
+  batch = common.batch_shape(q, k, v, keep, lse, delta, dout,
+                             core_ndims=(2, 2, 2, 1, 1, 1, 2))
   m, n = shape
   return (q.update(shape=batch + (m, q.shape[-1]), dtype=q.dtype),
           q.update(shape=batch + (n, k.shape[-1]), dtype=q.dtype),
@@ -105,13 +121,16 @@ def _segment(x, rows, m, op):
   return jnp.moveaxis(y, 0, -1)
 
 
-def _entries(topo, shape, causal):
-  """Each entry's row (clamped for gathers) and whether it takes part."""
+def _entries(topo, shape, causal, keep):
+  """Each entry's row (clamped for gathers) and whether it takes part (`[*B, cap]`
+  with a mask, else `[cap]`)."""
   t = Topology(*topo, shape=shape)
   rows = row_ids(t)
   valid = rows < shape[0]
   if causal:
     valid = valid & (t.column_indices <= rows)
+  if keep.shape[-1]:
+    valid = valid & (keep != 0)
   return jnp.minimum(rows, shape[0] - 1), rows, valid
 
 
@@ -119,18 +138,18 @@ def _full(x, batch):
   return jnp.broadcast_to(x, batch + x.shape[len(batch):])
 
 
-def _probs(q, k, lse, topo, shape, causal):
+def _probs(q, k, keep, lse, topo, shape, causal):
   """Probabilities `[*B, cap]` at the entries (0 at dropped and padding ones)."""
-  rows_c, _, valid = _entries(topo, shape, causal)
+  rows_c, _, valid = _entries(topo, shape, causal, keep)
   s = sddmm_p.bind(q, k, *topo, shape=shape).astype(lse.dtype)
   lse_e = jnp.take(lse, rows_c, axis=-1)
   return jnp.exp(jnp.where(valid, s - lse_e, -jnp.inf))
 
 
-def _fwd_composite(q, k, v, *topo, shape, causal):
+def _fwd_composite(q, k, v, keep, *topo, shape, causal):
   m, _ = shape
   acc = common.acc_dtype(q.dtype)
-  rows_c, rows, valid = _entries(topo, shape, causal)
+  rows_c, rows, valid = _entries(topo, shape, causal, keep)
   s = jnp.where(valid, sddmm_p.bind(q, k, *topo, shape=shape).astype(acc), -jnp.inf)
   mx = _segment(s, rows, m, jax.ops.segment_max)
   mx = jnp.where(jnp.isfinite(mx), mx, 0)
@@ -142,12 +161,12 @@ def _fwd_composite(q, k, v, *topo, shape, causal):
   return out, lse.astype(acc)
 
 
-def _tangent_composite(q, k, v, out, lse, tq, tk, tv, *topo, shape, causal):
+def _tangent_composite(q, k, v, keep, out, lse, tq, tk, tv, *topo, shape, causal):
   del out
   m, _ = shape
-  _, rows, _ = _entries(topo, shape, causal)
+  _, rows, _ = _entries(topo, shape, causal, keep)
   rows_c = jnp.minimum(rows, m - 1)
-  p = _probs(q, k, lse, topo, shape, causal)
+  p = _probs(q, k, keep, lse, topo, shape, causal)
   ts = (sddmm_p.bind(tq, k, *topo, shape=shape).astype(lse.dtype)
         + sddmm_p.bind(q, tk, *topo, shape=shape).astype(lse.dtype))
   t_lse = _segment(p * ts, rows, m, jax.ops.segment_sum)
@@ -158,11 +177,11 @@ def _tangent_composite(q, k, v, out, lse, tq, tk, tv, *topo, shape, causal):
   return _full(t_out, batch), _full(t_lse, batch).astype(lse.dtype)
 
 
-def _bwd_composite(q, k, v, lse, delta, dout, *topo, shape, causal):
+def _bwd_composite(q, k, v, keep, lse, delta, dout, *topo, shape, causal):
   m, _ = shape
   t = Topology(*topo, shape=shape)
-  rows_c, _, _ = _entries(topo, shape, causal)
-  p = _probs(q, k, lse, topo, shape, causal)
+  rows_c, _, _ = _entries(topo, shape, causal, keep)
+  p = _probs(q, k, keep, lse, topo, shape, causal)
   dp = sddmm_p.bind(dout, v, *topo, shape=shape).astype(lse.dtype)
   ds = p * (dp - jnp.take(delta, rows_c, axis=-1))
   dt = q.dtype
@@ -190,26 +209,26 @@ def _reference(prim, composite):
 
 
 # -- kernels ------------------------------------------------------------------------
-def _fwd_ffi(q, k, v, *topo, shape, causal, platform):
-  batch = max(q.shape[0], k.shape[0], v.shape[0])
+def _fwd_ffi(q, k, v, keep, *topo, shape, causal, platform):
+  batch = max(q.shape[0], k.shape[0], v.shape[0], keep.shape[0])
   m = shape[0]
   outs = (jax.ShapeDtypeStruct((batch, m, v.shape[2]), q.dtype),
           jax.ShapeDtypeStruct((batch, m), common.acc_dtype(q.dtype)))
   t = Topology(*topo, shape=shape)
   return jax.ffi.ffi_call(f"jaxsparse_attention_fwd_{platform}", outs)(
-      q, k, v, t.row_offsets, t.column_indices, t.row_indices, causal=bool(causal))
+      q, k, v, keep, t.row_offsets, t.column_indices, t.row_indices, causal=bool(causal))
 
 
-def _bwd_ffi(q, k, v, lse, delta, dout, *topo, shape, causal, platform):
-  batch = max(x.shape[0] for x in (q, k, v, lse, delta, dout))
+def _bwd_ffi(q, k, v, keep, lse, delta, dout, *topo, shape, causal, platform):
+  batch = max(x.shape[0] for x in (q, k, v, keep, lse, delta, dout))
   m, n = shape
   outs = (jax.ShapeDtypeStruct((batch, m, q.shape[2]), q.dtype),
           jax.ShapeDtypeStruct((batch, n, k.shape[2]), q.dtype),
           jax.ShapeDtypeStruct((batch, n, v.shape[2]), q.dtype))
   t = Topology(*topo, shape=shape)
   return jax.ffi.ffi_call(f"jaxsparse_attention_bwd_{platform}", outs)(
-      q, k, v, lse, delta, dout, t.row_offsets, t.column_indices, t.row_indices,
-      t.t_row_offsets, t.t_column_indices, t.t_row_indices, causal=bool(causal))
+      q, k, v, keep, lse, delta, dout, t.row_offsets, t.column_indices, t.row_indices,
+      t.t_row_offsets, t.t_column_indices, t.t_row_indices, t.t_perm, causal=bool(causal))
 
 
 # -- AD rules -----------------------------------------------------------------------
@@ -218,17 +237,17 @@ def _instantiate(tangents, primals):
 
 
 def _fwd_jvp(primals, tangents, *, shape, causal):
-  q, k, v, *topo = primals
-  out, lse = attention_fwd_p.bind(q, k, v, *topo, shape=shape, causal=causal)
+  q, k, v, keep, *topo = primals
+  out, lse = attention_fwd_p.bind(q, k, v, keep, *topo, shape=shape, causal=causal)
   if all(type(t) is ad.Zero for t in tangents[:3]):
     return (out, lse), (common.zero_tangent(out), common.zero_tangent(lse))
   tq, tk, tv = _instantiate(tangents[:3], primals[:3])
-  t_out, t_lse = attention_tangent_p.bind(q, k, v, out, lse, tq, tk, tv, *topo,
+  t_out, t_lse = attention_tangent_p.bind(q, k, v, keep, out, lse, tq, tk, tv, *topo,
                                           shape=shape, causal=causal)
   return (out, lse), (t_out, t_lse)
 
 
-def _tangent_transpose(cts, q, k, v, out, lse, tq, tk, tv, *topo, shape, causal):
+def _tangent_transpose(cts, q, k, v, keep, out, lse, tq, tk, tv, *topo, shape, causal):
   ct_out, ct_lse = cts
   if type(ct_out) is ad.Zero:
     ct_out = jnp.zeros(out.shape, out.dtype)
@@ -236,25 +255,29 @@ def _tangent_transpose(cts, q, k, v, out, lse, tq, tk, tv, *topo, shape, causal)
   delta = jnp.sum(ct_out.astype(acc) * out.astype(acc), axis=-1)
   if type(ct_lse) is not ad.Zero:
     delta = delta - ct_lse.astype(acc)
-  dq, dk, dv = attention_bwd_p.bind(q, k, v, lse, delta, ct_out.astype(q.dtype), *topo,
+  dq, dk, dv = attention_bwd_p.bind(q, k, v, keep, lse, delta, ct_out.astype(q.dtype), *topo,
                                     shape=shape, causal=causal)
-  res = [None] * 5
+  res = [None] * 6
   for ct, x in ((dq, tq), (dk, tk), (dv, tv)):
     res.append(common.sum_to_shape(ct, x.aval.shape) if ad.is_undefined_primal(x) else None)
   return res + [None] * len(topo)
 
 
-def _composite_jvp(prim, composite, n_dense):
-  """The JVP of a primitive as the JVP of its composition with other primitives."""
+def _composite_jvp(prim, composite, n_dense, keep_pos=3):
+  """The JVP of a primitive as the JVP of its composition with other primitives
+  (the integer `keep` operand at `keep_pos` and the topology held fixed)."""
 
   def jvp(primals, tangents, **params):
-    dense, topo = primals[:n_dense], primals[n_dense:]
+    dense, topo = list(primals[:n_dense]), primals[n_dense:]
     outs = prim.bind(*primals, **params)
-    if all(type(t) is ad.Zero for t in tangents[:n_dense]):
+    if all(type(t) is ad.Zero for i, t in enumerate(tangents[:n_dense]) if i != keep_pos):
       return outs, [common.zero_tangent(o) for o in outs]
-    ts = _instantiate(tangents[:n_dense], dense)
+    keep = dense.pop(keep_pos)
+    ts = _instantiate([t for i, t in enumerate(tangents[:n_dense]) if i != keep_pos], dense)
 
     def f(*xs):
+      xs = list(xs)
+      xs.insert(keep_pos, keep)
       return composite(*xs, *topo, **params)
 
     _, t_outs = jax.jvp(f, tuple(dense), tuple(ts))
@@ -283,22 +306,22 @@ attention_bwd_p.def_abstract_eval(_bwd_abstract_eval)
 
 ad.primitive_jvps[attention_fwd_p] = _fwd_jvp
 ad.primitive_jvps[attention_tangent_p] = _composite_jvp(attention_tangent_p,
-                                                        _tangent_composite, 8)
+                                                        _tangent_composite, 9)
 ad.primitive_transposes[attention_tangent_p] = _tangent_transpose
-ad.primitive_jvps[attention_bwd_p] = _composite_jvp(attention_bwd_p, _bwd_composite, 6)
+ad.primitive_jvps[attention_bwd_p] = _composite_jvp(attention_bwd_p, _bwd_composite, 7)
 
-batching.primitive_batchers[attention_fwd_p] = _batcher(attention_fwd_p, 3)
-batching.primitive_batchers[attention_tangent_p] = _batcher(attention_tangent_p, 8)
-batching.primitive_batchers[attention_bwd_p] = _batcher(attention_bwd_p, 6)
+batching.primitive_batchers[attention_fwd_p] = _batcher(attention_fwd_p, 4)
+batching.primitive_batchers[attention_tangent_p] = _batcher(attention_tangent_p, 9)
+batching.primitive_batchers[attention_bwd_p] = _batcher(attention_bwd_p, 7)
 
-_QKV = [("m", "d"), ("n", "d"), ("n", "dv")]
+_QKV = [("m", "d"), ("n", "d"), ("n", "dv"), ("nnz",)]
 register_lowerings(attention_fwd_p, _reference(attention_fwd_p, _fwd_composite), _fwd_ffi,
                    "attention_fwd",
                    ShardingSpec(core=_QKV, out_core=[("m", "dv"), ("m",)], num_topology=NT),
                    platforms=("cpu",))
 register_lowerings(attention_tangent_p, _reference(attention_tangent_p, _tangent_composite),
                    None, "attention_tangent",
-                   ShardingSpec(core=_QKV + [("m", "dv"), ("m",)] + _QKV,
+                   ShardingSpec(core=_QKV + [("m", "dv"), ("m",)] + _QKV[:3],
                                 out_core=[("m", "dv"), ("m",)], num_topology=NT),
                    platforms=())
 register_lowerings(attention_bwd_p, _reference(attention_bwd_p, _bwd_composite), _bwd_ffi,
