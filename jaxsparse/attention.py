@@ -14,13 +14,13 @@ gives zeros (the dense version averages every value there).
 Two implementations, both called once for all batch elements and heads (heads
 are moved next to the batch dims):
 
-- "fused" (the default when there is no bias, dropout or returned weights; a
-  mask is read at the stored entries as a uint8 array): one primitive computes
-  the output and the per-row log-sum-exp; its
-  gradient recomputes the logits instead of storing the probabilities
-  (flash-attention style), so `grad` keeps O(q_len x head_dim) residuals and
-  never an nnz-sized array (C++ kernels on the CPU; elsewhere it runs as the
-  composition below inside one primitive).
+- "fused" (the default when there is no bias or returned weights): one
+  primitive computes the output and the per-row log-sum-exp; its gradient
+  recomputes the logits instead of storing the probabilities (flash-attention
+  style), so `grad` keeps O(q_len x head_dim) float residuals and never an
+  nnz-sized float array (a mask and the dropout pattern are read at the stored
+  entries as uint8 arrays). C++ kernels on the CPU; elsewhere it runs as the
+  composition below inside one primitive.
 - "unfused": three primitives, `sddmm` (logits at the stored entries) ->
   `sparse_softmax` -> `spmm`, with the sparse values `[*batch, heads, nnz]`.
   Memory is proportional to `nnz`, never to `q_len x kv_len`.
@@ -83,6 +83,16 @@ def _bias_values(bias, topo: Topology, fn: str):
   raise ValueError(
       f"jaxsparse.{fn}: bias must be dense [..., q_len={m}, kv_len={n}] (broadcastable) or "
       f"per-entry values [..., nnz={topo.cap}], got shape {bias.shape}")
+
+
+def _check_dropout(dropout_rate, dropout_rng, fn: str) -> float:
+  """The keep probability; ValueError for a bad rate or a missing key."""
+  if not 0.0 < dropout_rate < 1.0:
+    raise ValueError(f"jaxsparse.{fn}: dropout_rate must be in [0, 1), got {dropout_rate}")
+  if dropout_rng is None:
+    raise ValueError(f"jaxsparse.{fn}: dropout_rate > 0 and deterministic=False need a "
+                     "dropout_rng")
+  return 1.0 - dropout_rate
 
 
 def _check_qkv(query, key, value, topo: Topology, fn: str):
@@ -185,10 +195,11 @@ def sparse_dot_product_attention(
       float32 inside the kernels).
     return_weights: also return the attention probabilities as a `CSR` with
       values `[batch..., heads, nnz]` (before dropout).
-    implementation: None (default: "fused" when `bias`, dropout and
-      `return_weights` are all unused, else "unfused"), "fused" (never stores
-      the probabilities; backward recomputes them; a `mask` becomes one byte
-      per stored entry; ValueError if one of those options is used) or
+    implementation: None (default: "fused" unless `bias` or `return_weights`
+      is used, then "unfused"), "fused" (never stores the probabilities;
+      backward recomputes them; a `mask` and the dropout pattern become one
+      byte per stored entry, the same random draw as "unfused"; ValueError
+      with `bias` or `return_weights`) or
       "unfused" (sddmm -> sparse_softmax -> spmm; stores nnz-sized logits and
       probabilities for the backward pass). Both give the same values within
       rounding.
@@ -212,7 +223,7 @@ def sparse_dot_product_attention(
   dtype = check_value_dtype(dtype, "dtype")
   _check_qkv(query, key, value, topo, fn)
   dropout = dropout_rate > 0.0 and not deterministic
-  unfusable = [what for what, used in (("bias", bias is not None), ("dropout", dropout),
+  unfusable = [what for what, used in (("bias", bias is not None),
                                       ("return_weights", return_weights))
                if used]
   if implementation is None:
@@ -243,18 +254,32 @@ def sparse_dot_product_attention(
     vh = vh[..., :, None, :, :]
 
   if implementation == "fused":
-    keep = None
-    if mask is not None:  # read at the entries: [..., heads or 1, nnz]
-      keep = _gather_at_entries(jnp.asarray(mask), topo, "mask", fn).astype(jnp.uint8)
-      if keep.ndim == 1:
-        keep = keep[None]
+    def entry_layout(x):  # [..., heads or 1, nnz] or [nnz] -> [..., (kv_heads, group,) nnz]
+      x = x.astype(jnp.uint8)
+      if x.ndim == 1:
+        x = x[None]
       if group > 1:
-        hm = keep.shape[-2]
-        keep = keep.reshape(keep.shape[:-2] + ((kv_heads, group) if hm == heads else (1, 1))
-                            + keep.shape[-1:])
+        x = x.reshape(x.shape[:-2] + ((kv_heads, group) if x.shape[-2] == heads else (1, 1))
+                      + x.shape[-1:])
+      return x
+
+    keep = drop = None
+    gathered = None
+    if mask is not None:  # read at the entries: [..., heads or 1, nnz]
+      gathered = _gather_at_entries(jnp.asarray(mask), topo, "mask", fn)
+      keep = entry_layout(gathered)
+    if dropout:
+      # The same draw as the unfused path: [nnz], or the probabilities' shape.
+      keep_prob = _check_dropout(dropout_rate, dropout_rng, fn)
+      if broadcast_dropout:
+        shape = (topo.cap,)
+      else:
+        shape = np.broadcast_shapes(query.shape[:-3] + (heads, topo.cap),
+                                    key.shape[:-3] + (1, topo.cap),
+                                    *([gathered.shape] if gathered is not None else []))
+      drop = entry_layout(jax.random.bernoulli(dropout_rng, keep_prob, shape))
     shapes = [qh.shape[:-2], kh.shape[:-2], vh.shape[:-2]]
-    if keep is not None:
-      shapes.append(keep.shape[:-1])
+    shapes += [x.shape[:-1] for x in (keep, drop) if x is not None]
     try:
       batch = np.broadcast_shapes(*shapes)
     except ValueError:
@@ -262,9 +287,9 @@ def sparse_dot_product_attention(
                        f"to [batch..., heads, q_len, kv_len] for query {query.shape}") from None
     pad = lambda x, core: x.reshape((1,) * (len(batch) - (x.ndim - core)) + x.shape)  # noqa: E731
     qh, kh, vh = (pad(x, 2) for x in (qh, kh, vh))
-    if keep is not None:
-      keep = pad(keep, 1)
-    out = fused_attention(qh, kh, vh, topo, causal=is_causal, keep=keep)
+    keep, drop = (None if x is None else pad(x, 1) for x in (keep, drop))
+    out = fused_attention(qh, kh, vh, topo, causal=is_causal, keep=keep, drop=drop,
+                          drop_scale=1.0 / keep_prob if dropout else 1.0)
     if group > 1:
       out = out.reshape(out.shape[:-4] + (heads,) + out.shape[-2:])
     return jnp.moveaxis(out, -3, -2).astype(dtype)
@@ -288,13 +313,8 @@ def sparse_dot_product_attention(
     probs = jnp.where(keep, probs, jnp.zeros((), dtype))
   weights = CSR._from_parts(probs, topo) if return_weights else None
 
-  if dropout_rate > 0.0 and not deterministic:
-    if not 0.0 < dropout_rate < 1.0:
-      raise ValueError(f"jaxsparse.{fn}: dropout_rate must be in [0, 1), got {dropout_rate}")
-    if dropout_rng is None:
-      raise ValueError(f"jaxsparse.{fn}: dropout_rate > 0 and deterministic=False need a "
-                       "dropout_rng")
-    keep_prob = 1.0 - dropout_rate
+  if dropout:
+    keep_prob = _check_dropout(dropout_rate, dropout_rng, fn)
     shape = (topo.cap,) if broadcast_dropout else probs.shape
     keep_mask = jax.random.bernoulli(dropout_rng, keep_prob, shape)
     probs = probs * (keep_mask.astype(dtype) / jnp.asarray(keep_prob, dtype))

@@ -1,7 +1,8 @@
 """Every CPU kernel on the instruction set forced by JAXSPARSE_CPU_ISA (run by
 test_fused_attention.test_other_instruction_sets in a subprocess, since the ISA is
 chosen once per process). Compares spmm, sddmm, sparse_softmax and fused attention
-(forward and gradients) with float64 numpy oracles in float32, float64 and
+(forward with a mask against the oracle; gradients with a mask and dropout against
+the unfused path) with float64 numpy oracles in float32, float64 and
 bfloat16, on shapes that hit the vector paths and their scalar tails. Prints
 "all ok" or raises."""
 
@@ -65,7 +66,9 @@ def main():
                                  rtol=tol, atol=tol * 4, err_msg=f"masked attention {isa} d={d}")
       if dtype != jnp.bfloat16:
         loss = lambda impl: lambda q, k, v: jnp.sum(jnp.sin(  # noqa: E731
-            js.sparse_dot_product_attention(q, k, v, topo, mask=keep, implementation=impl)))
+            js.sparse_dot_product_attention(q, k, v, topo, mask=keep, dropout_rate=0.2,
+                                            dropout_rng=jax.random.key(0),
+                                            implementation=impl)))
         gf = jax.grad(loss("fused"), argnums=(0, 1, 2))(q, kk, v)
         gu = jax.grad(loss("unfused"), argnums=(0, 1, 2))(q, kk, v)
         for x, y in zip(gf, gu):

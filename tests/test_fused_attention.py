@@ -210,6 +210,43 @@ def test_mask_check_grads_order2_and_vmap(rng):
                              rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("broadcast", [True, False], ids=["shared", "per_head"])
+@pytest.mark.parametrize("kv_heads", [4, 2], ids=["mha", "gqa"])
+@pytest.mark.parametrize("d", [16, 6], ids=["regs", "generic"])
+def test_dropout_matches_unfused(rng, broadcast, kv_heads, d):
+  """Dropout runs on the fused path with the unfused path's random draw: equal
+  outputs and gradients (with a mask too)."""
+  m, n = 12, 10
+  topo = js.CSR.from_mask(_mask(rng, m, n, 0.6))
+  q, k, v = _qkv(rng, (2,), m, n, 4, d, d, np.float32, kv_heads=kv_heads)
+  mask = jnp.asarray(rng.random((2, 1, 1, n)) < 0.8)
+  key = jax.random.key(3)
+
+  def f(impl):
+    return lambda q, k, v: sdpa(q, k, v, topo, mask=mask, dropout_rate=0.3, dropout_rng=key,
+                                broadcast_dropout=broadcast, implementation=impl)
+
+  out = jax.jit(f(None))(q, k, v)
+  np.testing.assert_allclose(out, f("unfused")(q, k, v), rtol=1e-5, atol=1e-5)
+  assert not np.allclose(out, sdpa(q, k, v, topo, mask=mask))   # dropout did something
+  loss = lambda impl: lambda q, k, v: jnp.sum(jnp.sin(f(impl)(q, k, v)))  # noqa: E731
+  gf = jax.jit(jax.grad(loss("fused"), argnums=(0, 1, 2)))(q, k, v)
+  gu = jax.grad(loss("unfused"), argnums=(0, 1, 2))(q, k, v)
+  for a, b in zip(gf, gu):
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5)
+  hlo = jax.jit(jax.grad(loss(None), argnums=(0, 1, 2))).lower(q, k, v).as_text()
+  assert "jaxsparse_attention_bwd_cpu" in hlo
+
+
+def test_dropout_check_grads_order2(rng):
+  m, n, d = 6, 8, 4
+  topo = js.CSR.from_mask(_mask(rng, m, n, 0.6))
+  q, k, v = _qkv(rng, (2,), m, n, 2, d, d, np.float64)
+  f = lambda q, k, v: sdpa(q, k, v, topo, dropout_rate=0.25,  # noqa: E731
+                           dropout_rng=jax.random.key(1), implementation="fused")
+  check_grads(f, (q, k, v), order=2, modes=("fwd", "rev"))
+
+
 def test_jit_vmap_and_primitive_batching(rng):
   m, n, heads, d = 10, 12, 2, 16
   topo = js.CSR.from_mask(_mask(rng, m, n, 0.4))
@@ -274,9 +311,8 @@ def test_implementation_option(rng):
   q, k, v = _qkv(rng, (1,), 8, 8, 2, 4, 4, np.float32)
   with pytest.raises(ValueError, match="does not support bias"):
     sdpa(q, k, v, topo, bias=jnp.zeros((8, 8)), implementation="fused")
-  with pytest.raises(ValueError, match="does not support dropout, return_weights"):
-    sdpa(q, k, v, topo, dropout_rate=0.5, dropout_rng=jax.random.key(0), return_weights=True,
-         implementation="fused")
+  with pytest.raises(ValueError, match="does not support bias, return_weights"):
+    sdpa(q, k, v, topo, bias=jnp.zeros((8, 8)), return_weights=True, implementation="fused")
   with pytest.raises(ValueError, match="implementation must be"):
     sdpa(q, k, v, topo, implementation="flash")
   np.testing.assert_allclose(sdpa(q, k, v, topo, implementation="fused"),
@@ -293,8 +329,9 @@ def test_kernel_rejects_bad_traced_topology(rng):
   def f(cols):
     arrays = list(topo.arrays)
     arrays[1] = cols
-    keep = jnp.zeros((1, 0), jnp.uint8)  # no mask
-    return fa.attention_fwd_p.bind(q, k, v, keep, *arrays, shape=(6, 6), causal=False)[0]
+    none = jnp.zeros((1, 0), jnp.uint8)  # no mask, no dropout
+    return fa.attention_fwd_p.bind(q, k, v, none, none, *arrays, shape=(6, 6), causal=False,
+                                   drop_scale=1.0)[0]
 
   bad = topo.column_indices.at[3].set(9)
   with pytest.raises(Exception, match="column_indices\\[3\\] = 9 is out of range"):

@@ -5,7 +5,9 @@
 //   s_c = q[r] . k[c],  lse[r] = log sum_c exp(s_c),
 //   out[r] = sum_c exp(s_c - lse[r]) v[c]
 // (an empty row gives out = 0 and lse = -inf). An optional `keep` mask over the
-// stored entries drops those where it is 0, as causal drops c > r.
+// stored entries drops those where it is 0, as causal drops c > r. An optional
+// dropout mask multiplies the probabilities after the softmax by drop_scale where
+// it is nonzero and by 0 where it is 0 (the backward uses the same mask).
 // Backward, given lse, dout and delta[r] = dout[r] . out[r] - dlse[r]:
 //   p_rc = exp(q[r] . k[c] - lse[r]),  ds_rc = p_rc (dout[r] . v[c] - delta[r]),
 //   dq[r] = sum_c ds_rc k[c]          (pass 1, over rows)
@@ -44,6 +46,9 @@ struct AttnFwdArgs {
   int64_t q_stride = 0, k_stride = 0, v_stride = 0;  // batch strides: 0 or one entry
   const uint8_t* keep = nullptr;  // [Bk, cap] (0: entry masked out) or null: all kept
   int64_t keep_stride = 0;
+  const uint8_t* drop = nullptr;  // [Bd, cap] dropout (0: dropped) or null: no dropout
+  int64_t drop_stride = 0;
+  double drop_scale = 1.0;        // the kept entries' multiplier, 1 / keep probability
   T* out = nullptr;            // [batch, m, dv]
   Accum<T>* lse = nullptr;     // [batch, m]
   int64_t batch = 0;
@@ -63,6 +68,9 @@ struct AttnBwdArgs {
   const T* dout = nullptr;          // [Bg, m, dv]
   const uint8_t* keep = nullptr;    // [Bk, cap] or null, in the stored (row-major) order
   int64_t keep_stride = 0;
+  const uint8_t* drop = nullptr;    // [Bd, cap] or null, stored order
+  int64_t drop_stride = 0;
+  double drop_scale = 1.0;
   const int32_t* t_perm = nullptr;  // [cap]: transposed position -> stored position
   int64_t q_stride = 0, k_stride = 0, v_stride = 0, lse_stride = 0, delta_stride = 0,
           dout_stride = 0;

@@ -1,13 +1,14 @@
 // XLA FFI handlers jaxsparse_attention_fwd_cpu and jaxsparse_attention_bwd_cpu:
 // decode, validate, dispatch the dtype, call the launchers in attention_cpu.h.
 //   fwd: q T[Bq, m, d], k T[Bk, n, d], v T[Bv, n, dv], keep u8[Bk, cap] (or [1, 0]:
-//        no mask), row_offsets i32[m+1],
-//        column_indices i32[cap], row_indices i32[m]; attr causal (bool)
+//        no mask), drop u8[Bd, cap] (or [1, 0]: no dropout), row_offsets i32[m+1],
+//        column_indices i32[cap], row_indices i32[m]; attrs causal (bool),
+//        drop_scale (f64)
 //        -> out T[B, m, dv], lse A[B, m]
-//   bwd: q, k, v, keep, lse A[Bl, m], delta A[Bd, m], dout T[Bg, m, dv], the
+//   bwd: q, k, v, keep, drop, lse A[Bl, m], delta A[Bd, m], dout T[Bg, m, dv], the
 //        topology (3 arrays), its transpose (t_row_offsets i32[n+1],
 //        t_column_indices i32[cap], t_row_indices i32[n]) and t_perm i32[cap]
-//        (transposed position -> stored position); attr causal
+//        (transposed position -> stored position); attrs causal, drop_scale
 //        -> dq T[B, m, d], dk T[B, n, d], dv T[B, n, dv]
 // A is float32 (float64 for float64 operands). Every batch dim is 1 or B.
 #include <cstdint>
@@ -68,8 +69,8 @@ ffi::Error DecodeTopology(ffi::Buffer<ffi::S32> row_offsets, ffi::Buffer<ffi::S3
 // The optional mask over the stored entries: uint8 [Bk, cap] with Bk 1 or batch, or
 // [1, 0] for none (then *data is null).
 ffi::Error DecodeKeep(ffi::AnyBuffer keep, int64_t batch, int64_t cap, const char* op,
-                      const uint8_t** data, int64_t* stride) {
-  const std::string pre = std::string(op) + ": keep";
+                      const uint8_t** data, int64_t* stride, const char* name = "keep") {
+  const std::string pre = std::string(op) + ": " + name;
   JAXSPARSE_RETURN_IF_ERROR(CheckRank(keep, 2, pre.c_str()));
   if (keep.element_type() != ffi::DataType::U8) {
     return InvalidArgument(pre + " must be uint8, got " + DataTypeName(keep.element_type()));
@@ -86,10 +87,10 @@ ffi::Error DecodeKeep(ffi::AnyBuffer keep, int64_t batch, int64_t cap, const cha
 }
 
 ffi::Error AttentionFwdCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer q, ffi::AnyBuffer k,
-                               ffi::AnyBuffer v, ffi::AnyBuffer keep,
+                               ffi::AnyBuffer v, ffi::AnyBuffer keep, ffi::AnyBuffer drop,
                                ffi::Buffer<ffi::S32> row_offsets,
                                ffi::Buffer<ffi::S32> column_indices,
-                               ffi::Buffer<ffi::S32> row_indices, bool causal,
+                               ffi::Buffer<ffi::S32> row_indices, bool causal, double drop_scale,
                                ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::AnyBuffer> lse) {
   const char* op = "attention_fwd";
   JAXSPARSE_RETURN_IF_ERROR(CheckRank(q, 3, "attention_fwd: query"));
@@ -119,10 +120,13 @@ ffi::Error AttentionFwdCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer q, ffi::AnyB
   JAXSPARSE_RETURN_IF_ERROR(CheckDim(out->dimensions()[2], dv, "attention_fwd: out.shape[2] (dv)"));
   JAXSPARSE_RETURN_IF_ERROR(CheckDim(lse->dimensions()[0], batch, "attention_fwd: lse.shape[0] (batch)"));
   JAXSPARSE_RETURN_IF_ERROR(CheckDim(lse->dimensions()[1], m, "attention_fwd: lse.shape[1] (m)"));
-  int64_t qs = 0, ks = 0, vs = 0, keep_stride = 0;
+  int64_t qs = 0, ks = 0, vs = 0, keep_stride = 0, drop_stride = 0;
   const uint8_t* keep_data = nullptr;
+  const uint8_t* drop_data = nullptr;
   JAXSPARSE_RETURN_IF_ERROR(DecodeKeep(keep, batch, column_indices.dimensions()[0], op, &keep_data,
                                        &keep_stride));
+  JAXSPARSE_RETURN_IF_ERROR(DecodeKeep(drop, batch, column_indices.dimensions()[0], op, &drop_data,
+                                       &drop_stride, "drop"));
   JAXSPARSE_RETURN_IF_ERROR(BatchStride(q.dimensions()[0], batch, m * d, "attention_fwd: query", &qs));
   JAXSPARSE_RETURN_IF_ERROR(BatchStride(k.dimensions()[0], batch, n * d, "attention_fwd: key", &ks));
   JAXSPARSE_RETURN_IF_ERROR(BatchStride(v.dimensions()[0], batch, n * dv, "attention_fwd: value", &vs));
@@ -139,6 +143,9 @@ ffi::Error AttentionFwdCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer q, ffi::AnyB
     a.v_stride = vs;
     a.keep = keep_data;
     a.keep_stride = keep_stride;
+    a.drop = drop_data;
+    a.drop_stride = drop_stride;
+    a.drop_scale = drop_scale;
     a.out = static_cast<T*>(out->untyped_data());
     a.lse = static_cast<cpu::Accum<T>*>(lse->untyped_data());
     a.batch = batch;
@@ -153,12 +160,12 @@ ffi::Error AttentionFwdCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer q, ffi::AnyB
 
 ffi::Error AttentionBwdCpuImpl(
     ffi::ThreadPool pool, ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v,
-    ffi::AnyBuffer keep, ffi::AnyBuffer lse,
+    ffi::AnyBuffer keep, ffi::AnyBuffer drop, ffi::AnyBuffer lse,
     ffi::AnyBuffer delta, ffi::AnyBuffer dout, ffi::Buffer<ffi::S32> row_offsets,
     ffi::Buffer<ffi::S32> column_indices, ffi::Buffer<ffi::S32> row_indices,
     ffi::Buffer<ffi::S32> t_row_offsets, ffi::Buffer<ffi::S32> t_column_indices,
     ffi::Buffer<ffi::S32> t_row_indices, ffi::Buffer<ffi::S32> t_perm, bool causal,
-    ffi::Result<ffi::AnyBuffer> dq,
+    double drop_scale, ffi::Result<ffi::AnyBuffer> dq,
     ffi::Result<ffi::AnyBuffer> dk, ffi::Result<ffi::AnyBuffer> dv_out) {
   const char* op = "attention_bwd";
   JAXSPARSE_RETURN_IF_ERROR(CheckRank(q, 3, "attention_bwd: query"));
@@ -210,13 +217,15 @@ ffi::Error AttentionBwdCpuImpl(
   JAXSPARSE_RETURN_IF_ERROR(CheckDim(dv_out->dimensions()[0], batch, "attention_bwd: dv.shape[0] (batch)"));
   JAXSPARSE_RETURN_IF_ERROR(CheckDim(dv_out->dimensions()[1], n, "attention_bwd: dv.shape[1] (n)"));
   JAXSPARSE_RETURN_IF_ERROR(CheckDim(dv_out->dimensions()[2], dv, "attention_bwd: dv.shape[2] (dv)"));
-  int64_t qs = 0, ks = 0, vs = 0, ls = 0, ds = 0, gs = 0, keep_stride = 0;
+  int64_t qs = 0, ks = 0, vs = 0, ls = 0, ds = 0, gs = 0, keep_stride = 0, drop_stride = 0;
   const uint8_t* keep_data = nullptr;
+  const uint8_t* drop_data = nullptr;
   const int64_t cap = column_indices.dimensions()[0];
   JAXSPARSE_RETURN_IF_ERROR(DecodeKeep(keep, batch, cap, op, &keep_data, &keep_stride));
+  JAXSPARSE_RETURN_IF_ERROR(DecodeKeep(drop, batch, cap, op, &drop_data, &drop_stride, "drop"));
   JAXSPARSE_RETURN_IF_ERROR(CheckRank(t_perm, 1, "attention_bwd: t_perm"));
   JAXSPARSE_RETURN_IF_ERROR(CheckDim(t_perm.dimensions()[0], cap, "attention_bwd: t_perm size (cap)"));
-  if (keep_data != nullptr) {  // the transposed pass reads keep through t_perm
+  if (keep_data != nullptr || drop_data != nullptr) {  // read through t_perm by pass 2
     const int32_t* perm = t_perm.typed_data();
     for (int64_t e = 0; e < t_topo.row_offsets[n]; ++e) {
       if (perm[e] < 0 || perm[e] >= cap) {
@@ -253,6 +262,9 @@ ffi::Error AttentionBwdCpuImpl(
     a.dout_stride = gs;
     a.keep = keep_data;
     a.keep_stride = keep_stride;
+    a.drop = drop_data;
+    a.drop_stride = drop_stride;
+    a.drop_scale = drop_scale;
     a.t_perm = t_perm.typed_data();
     a.dq = static_cast<T*>(dq->untyped_data());
     a.dk = static_cast<T*>(dk->untyped_data());
@@ -277,10 +289,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxsparseAttentionFwdCpu, jaxsparse::AttentionFwdC
                                   .Arg<xla::ffi::AnyBuffer>()              // key
                                   .Arg<xla::ffi::AnyBuffer>()              // value
                                   .Arg<xla::ffi::AnyBuffer>()              // keep
+                                  .Arg<xla::ffi::AnyBuffer>()              // drop
                                   .Arg<xla::ffi::Buffer<xla::ffi::S32>>()  // row_offsets
                                   .Arg<xla::ffi::Buffer<xla::ffi::S32>>()  // column_indices
                                   .Arg<xla::ffi::Buffer<xla::ffi::S32>>()  // row_indices
                                   .Attr<bool>("causal")
+                                  .Attr<double>("drop_scale")
                                   .Ret<xla::ffi::AnyBuffer>()              // out
                                   .Ret<xla::ffi::AnyBuffer>());            // lse
 
@@ -291,6 +305,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxsparseAttentionBwdCpu, jaxsparse::AttentionBwdC
                                   .Arg<xla::ffi::AnyBuffer>()              // key
                                   .Arg<xla::ffi::AnyBuffer>()              // value
                                   .Arg<xla::ffi::AnyBuffer>()              // keep
+                                  .Arg<xla::ffi::AnyBuffer>()              // drop
                                   .Arg<xla::ffi::AnyBuffer>()              // lse
                                   .Arg<xla::ffi::AnyBuffer>()              // delta
                                   .Arg<xla::ffi::AnyBuffer>()              // dout
@@ -302,6 +317,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxsparseAttentionBwdCpu, jaxsparse::AttentionBwdC
                                   .Arg<xla::ffi::Buffer<xla::ffi::S32>>()  // t_row_indices
                                   .Arg<xla::ffi::Buffer<xla::ffi::S32>>()  // t_perm
                                   .Attr<bool>("causal")
+                                  .Attr<double>("drop_scale")
                                   .Ret<xla::ffi::AnyBuffer>()              // dq
                                   .Ret<xla::ffi::AnyBuffer>()              // dk
                                   .Ret<xla::ffi::AnyBuffer>());            // dv

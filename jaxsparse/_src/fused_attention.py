@@ -4,14 +4,15 @@ probabilities (flash-attention style).
 Three primitives, each over dense operands `[*batch, rows, dim]` (every batch
 dim 1 or one common size) and the 8 topology arrays:
 
-- `attention_fwd_p(q, k, v, keep) -> (out, lse)`: the output and the per-row
-  log-sum-exp of the logits (`-inf` for a row with no key). `keep` is a uint8
-  mask over the stored entries `[*batch, nnz]` (0: dropped), or `[*1, 0]` for
-  none.
-- `attention_tangent_p(q, k, v, keep, out, lse, tq, tk, tv) -> (t_out, t_lse)`:
-  the JVP, linear in `(tq, tk, tv)`. Reverse mode never evaluates it: its
-  transpose is
-- `attention_bwd_p(q, k, v, keep, lse, delta, dout) -> (dq, dk, dv)` with
+- `attention_fwd_p(q, k, v, keep, drop) -> (out, lse)`: the output and the
+  per-row log-sum-exp of the logits (`-inf` for a row with no key). `keep` is a
+  uint8 mask over the stored entries `[*batch, nnz]` (0: left out of the
+  softmax), `drop` a uint8 dropout mask (after the softmax, kept entries times
+  the param `drop_scale`); `[*1, 0]` for none.
+- `attention_tangent_p(q, k, v, keep, drop, out, lse, tq, tk, tv) -> (t_out,
+  t_lse)`: the JVP, linear in `(tq, tk, tv)`. Reverse mode never evaluates it:
+  its transpose is
+- `attention_bwd_p(q, k, v, keep, drop, lse, delta, dout) -> (dq, dk, dv)` with
   `delta = rowsum(dout * out) - dlse`, which recomputes the logits instead of
   reading stored probabilities. So `grad` keeps only `q, k, v, out, lse` as
   residuals: memory O(rows x head dim), never O(nnz).
@@ -45,21 +46,28 @@ from jaxsparse._src.transpose import permute_p
 NT = common.NUM_TOPOLOGY_ARRAYS
 
 
-def fused_attention(q, k, v, topology: Topology, *, causal: bool = False, keep=None):
+def _mask_operand(x, nb):
+  if x is None:
+    return jnp.zeros((1,) * nb + (0,), jnp.uint8)
+  return jnp.asarray(x).astype(jnp.uint8)
+
+
+def fused_attention(q, k, v, topology: Topology, *, causal: bool = False, keep=None, drop=None,
+                    drop_scale: float = 1.0):
   """`out[..., i, :] = sum_j softmax_j(q_i . k_j) v_j` over the stored `j` of row `i`.
 
   q `[*batch, m, d]`, k `[*batch, n, d]`, v `[*batch, n, dv]` with the same
   number of batch dims, each 1 or one common size (no scale applied; callers
   scale q). `causal` also drops stored entries with `j > i`; `keep` (bool or
   uint8 `[*batch, nnz]`, same batch rule) drops the entries where it is 0.
+  `drop` (same form) is a dropout mask applied after the softmax: kept entries
+  are multiplied by `drop_scale`, the others by 0.
   Returns `[*batch, m, dv]`; a row with no key gives zeros.
   """
-  if keep is None:
-    keep = jnp.zeros((1,) * (q.ndim - 2) + (0,), jnp.uint8)
-  else:
-    keep = jnp.asarray(keep).astype(jnp.uint8)
-  out, _ = attention_fwd_p.bind(q, k, v, keep, *topology.arrays, shape=topology.shape,
-                                causal=bool(causal))
+  nb = q.ndim - 2
+  out, _ = attention_fwd_p.bind(q, k, v, _mask_operand(keep, nb), _mask_operand(drop, nb),
+                                *topology.arrays, shape=topology.shape, causal=bool(causal),
+                                drop_scale=float(drop_scale))
   return out
 
 
@@ -89,25 +97,27 @@ def _check_keep(name, keep, cap):
                      f"{keep.dtype} {keep.shape}")
 
 
-def _fwd_abstract_eval(q, k, v, keep, *topo, shape, causal):
+def _fwd_abstract_eval(q, k, v, keep, drop, *topo, shape, causal, drop_scale):
   _check("jaxsparse_attention_fwd", shape, q, k, v)
   _check_keep("jaxsparse_attention_fwd", keep, topo[1].shape[0])
-  batch = common.batch_shape(q, k, v, keep, core_ndims=(2, 2, 2, 1))
+  _check_keep("jaxsparse_attention_fwd", drop, topo[1].shape[0])
+  batch = common.batch_shape(q, k, v, keep, drop, core_ndims=(2, 2, 2, 1, 1))
   m = shape[0]
   return (q.update(shape=batch + (m, v.shape[-1]), dtype=q.dtype),
           q.update(shape=batch + (m,), dtype=common.acc_dtype(q.dtype)))
 
 
-def _tangent_abstract_eval(q, k, v, keep, out, lse, tq, tk, tv, *topo, shape, causal):
+def _tangent_abstract_eval(q, k, v, keep, drop, out, lse, tq, tk, tv, *topo, **params):
   del out, tq, tk, tv
-  return _fwd_abstract_eval(q, k, v, keep, *topo, shape=shape, causal=causal)
+  return _fwd_abstract_eval(q, k, v, keep, drop, *topo, **params)
 
 
-def _bwd_abstract_eval(q, k, v, keep, lse, delta, dout, *topo, shape, causal):
+def _bwd_abstract_eval(q, k, v, keep, drop, lse, delta, dout, *topo, shape, causal, drop_scale):
   _check("jaxsparse_attention_bwd", shape, q, k, v)
   _check_keep("jaxsparse_attention_bwd", keep, topo[1].shape[0])
-  batch = common.batch_shape(q, k, v, keep, lse, delta, dout,
-                             core_ndims=(2, 2, 2, 1, 1, 1, 2))
+  _check_keep("jaxsparse_attention_bwd", drop, topo[1].shape[0])
+  batch = common.batch_shape(q, k, v, keep, drop, lse, delta, dout,
+                             core_ndims=(2, 2, 2, 1, 1, 1, 1, 2))
   m, n = shape
   return (q.update(shape=batch + (m, q.shape[-1]), dtype=q.dtype),
           q.update(shape=batch + (n, k.shape[-1]), dtype=q.dtype),
@@ -138,6 +148,13 @@ def _full(x, batch):
   return jnp.broadcast_to(x, batch + x.shape[len(batch):])
 
 
+def _drop_mul(drop, scale, dtype):
+  """The dropout multipliers `[*B, cap]` (scale or 0), or None without dropout."""
+  if not drop.shape[-1]:
+    return None
+  return jnp.where(drop != 0, jnp.asarray(scale, dtype), jnp.zeros((), dtype))
+
+
 def _probs(q, k, keep, lse, topo, shape, causal):
   """Probabilities `[*B, cap]` at the entries (0 at dropped and padding ones)."""
   rows_c, _, valid = _entries(topo, shape, causal, keep)
@@ -146,7 +163,7 @@ def _probs(q, k, keep, lse, topo, shape, causal):
   return jnp.exp(jnp.where(valid, s - lse_e, -jnp.inf))
 
 
-def _fwd_composite(q, k, v, keep, *topo, shape, causal):
+def _fwd_composite(q, k, v, keep, drop, *topo, shape, causal, drop_scale):
   m, _ = shape
   acc = common.acc_dtype(q.dtype)
   rows_c, rows, valid = _entries(topo, shape, causal, keep)
@@ -157,11 +174,15 @@ def _fwd_composite(q, k, v, keep, *topo, shape, causal):
   total = _segment(e, rows, m, jax.ops.segment_sum)
   lse = jnp.where(total > 0, mx + jnp.log(jnp.where(total > 0, total, 1)), -jnp.inf)
   p = e / jnp.take(jnp.where(total > 0, total, 1), rows_c, axis=-1)
+  mul = _drop_mul(drop, drop_scale, acc)
+  if mul is not None:
+    p = p * mul
   out = spmm_p.bind(p.astype(v.dtype), v, *topo, shape=shape)
   return out, lse.astype(acc)
 
 
-def _tangent_composite(q, k, v, keep, out, lse, tq, tk, tv, *topo, shape, causal):
+def _tangent_composite(q, k, v, keep, drop, out, lse, tq, tk, tv, *topo, shape, causal,
+                       drop_scale):
   del out
   m, _ = shape
   _, rows, _ = _entries(topo, shape, causal, keep)
@@ -171,19 +192,27 @@ def _tangent_composite(q, k, v, keep, out, lse, tq, tk, tv, *topo, shape, causal
         + sddmm_p.bind(q, tk, *topo, shape=shape).astype(lse.dtype))
   t_lse = _segment(p * ts, rows, m, jax.ops.segment_sum)
   tp = p * (ts - jnp.take(t_lse, rows_c, axis=-1))
+  mul = _drop_mul(drop, drop_scale, lse.dtype)
+  if mul is not None:  # dropout after the softmax: lse and its tangent do not see it
+    tp, p = tp * mul, p * mul
   t_out = (spmm_p.bind(tp.astype(v.dtype), v, *topo, shape=shape)
            + spmm_p.bind(p.astype(v.dtype), tv, *topo, shape=shape))
   batch = t_out.shape[:-2]
   return _full(t_out, batch), _full(t_lse, batch).astype(lse.dtype)
 
 
-def _bwd_composite(q, k, v, keep, lse, delta, dout, *topo, shape, causal):
+def _bwd_composite(q, k, v, keep, drop, lse, delta, dout, *topo, shape, causal, drop_scale):
   m, _ = shape
   t = Topology(*topo, shape=shape)
   rows_c, _, _ = _entries(topo, shape, causal, keep)
   p = _probs(q, k, keep, lse, topo, shape, causal)
   dp = sddmm_p.bind(dout, v, *topo, shape=shape).astype(lse.dtype)
+  mul = _drop_mul(drop, drop_scale, lse.dtype)
+  if mul is not None:
+    dp = dp * mul
   ds = p * (dp - jnp.take(delta, rows_c, axis=-1))
+  if mul is not None:
+    p = p * mul  # what multiplies v
   dt = q.dtype
   dq = spmm_p.bind(ds.astype(dt), k, *topo, shape=shape)
   ds_t = permute_p.bind(ds.astype(dt), t.t_perm, t.t_perm_inv)
@@ -198,10 +227,11 @@ def _reference(prim, composite):
   """The composition, or for m == 0 or n == 0 (no entry can exist) zeros, with
   lse = -inf from the forward."""
 
-  def impl(*args, shape, causal):
+  def impl(*args, shape, causal, drop_scale):
     if shape[0] > 0 and shape[1] > 0:
-      return composite(*args, shape=shape, causal=causal)
-    outs = jax.eval_shape(functools.partial(prim.bind, shape=shape, causal=causal), *args)
+      return composite(*args, shape=shape, causal=causal, drop_scale=drop_scale)
+    outs = jax.eval_shape(functools.partial(prim.bind, shape=shape, causal=causal,
+                                            drop_scale=drop_scale), *args)
     fill = [-jnp.inf if (prim is attention_fwd_p and i == 1) else 0 for i in range(len(outs))]
     return tuple(jnp.full(o.shape, f, o.dtype) for o, f in zip(outs, fill))
 
@@ -209,26 +239,28 @@ def _reference(prim, composite):
 
 
 # -- kernels ------------------------------------------------------------------------
-def _fwd_ffi(q, k, v, keep, *topo, shape, causal, platform):
-  batch = max(q.shape[0], k.shape[0], v.shape[0], keep.shape[0])
+def _fwd_ffi(q, k, v, keep, drop, *topo, shape, causal, drop_scale, platform):
+  batch = max(q.shape[0], k.shape[0], v.shape[0], keep.shape[0], drop.shape[0])
   m = shape[0]
   outs = (jax.ShapeDtypeStruct((batch, m, v.shape[2]), q.dtype),
           jax.ShapeDtypeStruct((batch, m), common.acc_dtype(q.dtype)))
   t = Topology(*topo, shape=shape)
   return jax.ffi.ffi_call(f"jaxsparse_attention_fwd_{platform}", outs)(
-      q, k, v, keep, t.row_offsets, t.column_indices, t.row_indices, causal=bool(causal))
+      q, k, v, keep, drop, t.row_offsets, t.column_indices, t.row_indices, causal=bool(causal),
+      drop_scale=np.float64(drop_scale))
 
 
-def _bwd_ffi(q, k, v, keep, lse, delta, dout, *topo, shape, causal, platform):
-  batch = max(x.shape[0] for x in (q, k, v, keep, lse, delta, dout))
+def _bwd_ffi(q, k, v, keep, drop, lse, delta, dout, *topo, shape, causal, drop_scale, platform):
+  batch = max(x.shape[0] for x in (q, k, v, keep, drop, lse, delta, dout))
   m, n = shape
   outs = (jax.ShapeDtypeStruct((batch, m, q.shape[2]), q.dtype),
           jax.ShapeDtypeStruct((batch, n, k.shape[2]), q.dtype),
           jax.ShapeDtypeStruct((batch, n, v.shape[2]), q.dtype))
   t = Topology(*topo, shape=shape)
   return jax.ffi.ffi_call(f"jaxsparse_attention_bwd_{platform}", outs)(
-      q, k, v, keep, lse, delta, dout, t.row_offsets, t.column_indices, t.row_indices,
-      t.t_row_offsets, t.t_column_indices, t.t_row_indices, t.t_perm, causal=bool(causal))
+      q, k, v, keep, drop, lse, delta, dout, t.row_offsets, t.column_indices, t.row_indices,
+      t.t_row_offsets, t.t_column_indices, t.t_row_indices, t.t_perm, causal=bool(causal),
+      drop_scale=np.float64(drop_scale))
 
 
 # -- AD rules -----------------------------------------------------------------------
@@ -236,18 +268,18 @@ def _instantiate(tangents, primals):
   return [ad.instantiate_zeros(t) if type(t) is ad.Zero else t for t in tangents]
 
 
-def _fwd_jvp(primals, tangents, *, shape, causal):
-  q, k, v, keep, *topo = primals
-  out, lse = attention_fwd_p.bind(q, k, v, keep, *topo, shape=shape, causal=causal)
+def _fwd_jvp(primals, tangents, **params):
+  q, k, v, keep, drop, *topo = primals
+  out, lse = attention_fwd_p.bind(q, k, v, keep, drop, *topo, **params)
   if all(type(t) is ad.Zero for t in tangents[:3]):
     return (out, lse), (common.zero_tangent(out), common.zero_tangent(lse))
   tq, tk, tv = _instantiate(tangents[:3], primals[:3])
-  t_out, t_lse = attention_tangent_p.bind(q, k, v, keep, out, lse, tq, tk, tv, *topo,
-                                          shape=shape, causal=causal)
+  t_out, t_lse = attention_tangent_p.bind(q, k, v, keep, drop, out, lse, tq, tk, tv, *topo,
+                                          **params)
   return (out, lse), (t_out, t_lse)
 
 
-def _tangent_transpose(cts, q, k, v, keep, out, lse, tq, tk, tv, *topo, shape, causal):
+def _tangent_transpose(cts, q, k, v, keep, drop, out, lse, tq, tk, tv, *topo, **params):
   ct_out, ct_lse = cts
   if type(ct_out) is ad.Zero:
     ct_out = jnp.zeros(out.shape, out.dtype)
@@ -255,29 +287,31 @@ def _tangent_transpose(cts, q, k, v, keep, out, lse, tq, tk, tv, *topo, shape, c
   delta = jnp.sum(ct_out.astype(acc) * out.astype(acc), axis=-1)
   if type(ct_lse) is not ad.Zero:
     delta = delta - ct_lse.astype(acc)
-  dq, dk, dv = attention_bwd_p.bind(q, k, v, keep, lse, delta, ct_out.astype(q.dtype), *topo,
-                                    shape=shape, causal=causal)
-  res = [None] * 6
+  dq, dk, dv = attention_bwd_p.bind(q, k, v, keep, drop, lse, delta, ct_out.astype(q.dtype),
+                                    *topo, **params)
+  res = [None] * 7
   for ct, x in ((dq, tq), (dk, tk), (dv, tv)):
     res.append(common.sum_to_shape(ct, x.aval.shape) if ad.is_undefined_primal(x) else None)
   return res + [None] * len(topo)
 
 
-def _composite_jvp(prim, composite, n_dense, keep_pos=3):
+def _composite_jvp(prim, composite, n_dense, int_pos=(3, 4)):
   """The JVP of a primitive as the JVP of its composition with other primitives
-  (the integer `keep` operand at `keep_pos` and the topology held fixed)."""
+  (the uint8 `keep` and `drop` operands at `int_pos` and the topology held fixed)."""
 
   def jvp(primals, tangents, **params):
     dense, topo = list(primals[:n_dense]), primals[n_dense:]
     outs = prim.bind(*primals, **params)
-    if all(type(t) is ad.Zero for i, t in enumerate(tangents[:n_dense]) if i != keep_pos):
+    if all(type(t) is ad.Zero for i, t in enumerate(tangents[:n_dense]) if i not in int_pos):
       return outs, [common.zero_tangent(o) for o in outs]
-    keep = dense.pop(keep_pos)
-    ts = _instantiate([t for i, t in enumerate(tangents[:n_dense]) if i != keep_pos], dense)
+    fixed = {i: dense[i] for i in int_pos}
+    dense = [x for i, x in enumerate(dense) if i not in int_pos]
+    ts = _instantiate([t for i, t in enumerate(tangents[:n_dense]) if i not in int_pos], dense)
 
     def f(*xs):
       xs = list(xs)
-      xs.insert(keep_pos, keep)
+      for i in sorted(fixed):
+        xs.insert(i, fixed[i])
       return composite(*xs, *topo, **params)
 
     _, t_outs = jax.jvp(f, tuple(dense), tuple(ts))
@@ -306,15 +340,16 @@ attention_bwd_p.def_abstract_eval(_bwd_abstract_eval)
 
 ad.primitive_jvps[attention_fwd_p] = _fwd_jvp
 ad.primitive_jvps[attention_tangent_p] = _composite_jvp(attention_tangent_p,
-                                                        _tangent_composite, 9)
+                                                        _tangent_composite, 10)
 ad.primitive_transposes[attention_tangent_p] = _tangent_transpose
-ad.primitive_jvps[attention_bwd_p] = _composite_jvp(attention_bwd_p, _bwd_composite, 7)
+ad.primitive_jvps[attention_bwd_p] = _composite_jvp(attention_bwd_p, _bwd_composite, 8)
 
-batching.primitive_batchers[attention_fwd_p] = _batcher(attention_fwd_p, 4)
-batching.primitive_batchers[attention_tangent_p] = _batcher(attention_tangent_p, 9)
-batching.primitive_batchers[attention_bwd_p] = _batcher(attention_bwd_p, 7)
+batching.primitive_batchers[attention_fwd_p] = _batcher(attention_fwd_p, 5)
+batching.primitive_batchers[attention_tangent_p] = _batcher(attention_tangent_p, 10)
+batching.primitive_batchers[attention_bwd_p] = _batcher(attention_bwd_p, 8)
 
-_QKV = [("m", "d"), ("n", "d"), ("n", "dv"), ("nnz",)]
+# keep and drop get their own factors: either may be [*1, 0] (none).
+_QKV = [("m", "d"), ("n", "d"), ("n", "dv"), ("nnz_keep",), ("nnz_drop",)]
 register_lowerings(attention_fwd_p, _reference(attention_fwd_p, _fwd_composite), _fwd_ffi,
                    "attention_fwd",
                    ShardingSpec(core=_QKV, out_core=[("m", "dv"), ("m",)], num_topology=NT),

@@ -99,8 +99,8 @@ def sparse_attention_fn(topology, *, implementation: str | None = None) -> Calla
   of shape `[q_len, kv_len]`, e.g. from `jaxsparse.patterns`) is shared by
   every batch element and head; the returned function has it as its
   `.topology` attribute. `implementation` is passed to
-  `sparse_dot_product_attention` (None: the fused kernel unless a bias,
-  dropout or sown weights need the unfused path).
+  `sparse_dot_product_attention` (None: the fused kernel unless a bias or
+  sown weights need the unfused path).
 
   The function has the signature of `flax.nnx.dot_product_attention`:
   `(query, key, value, bias=None, mask=None, broadcast_dropout=True,
