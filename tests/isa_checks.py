@@ -64,7 +64,7 @@ def main():
       np.testing.assert_allclose(np.asarray(out_m, np.float64),
                                  attention_oracle(q, kk, v, mask & keep),
                                  rtol=tol, atol=tol * 4, err_msg=f"masked attention {isa} d={d}")
-      if dtype != jnp.bfloat16:
+      if dtype == np.float32 and d != 64:  # both kernel paths (16: registers, 7: generic)
         loss = lambda impl: lambda q, k, v: jnp.sum(jnp.sin(  # noqa: E731
             js.sparse_dot_product_attention(q, k, v, topo, mask=keep, dropout_rate=0.2,
                                             dropout_rng=jax.random.key(0),
