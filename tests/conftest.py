@@ -21,5 +21,21 @@ def rng():
   return np.random.default_rng(0)
 
 
+@pytest.fixture
+def dlmc_files():
+  """The DLMC sample's 38 .smtx files ($JAXSPARSE_DLMC or ../shared/dlmc beside the
+  repository). Without them the test is skipped, saying why; with
+  JAXSPARSE_REQUIRE_DLMC=1 (set by .ci/run) it fails instead."""
+  from jaxsparse import testing as jst
+  files = jst.dlmc_files()
+  if len(files) < 38:
+    msg = (f"DLMC sample not found (found {len(files)} of 38 .smtx files): set "
+           "JAXSPARSE_DLMC to the dlmc folder")
+    if os.environ.get("JAXSPARSE_REQUIRE_DLMC") == "1":
+      pytest.fail(msg)
+    pytest.skip(msg)
+  return files
+
+
 def platform():
   return jax.default_backend()

@@ -73,9 +73,8 @@ def test_fromdense_under_jit_with_capacity(rng):
     np.testing.assert_array_equal(np.asarray(sm.values)[int(a.row_offsets[-1]):], 0)
 
 
-def test_load_smtx():
-  files = jst.dlmc_files()
-  assert files, "DLMC sample not found"
+def test_load_smtx(dlmc_files):
+  files = dlmc_files
   path = next(f for f in files if "initial_conv" in f)
   a = js.io.load_smtx(path, dtype=jnp.bfloat16, seed=3)
   with open(path) as f:

@@ -72,9 +72,8 @@ def test_sddmm_grads(case, rng):
               order=2, modes=["fwd", "rev"])
 
 
-def test_sddmm_dlmc(rng):
-  files = jst.dlmc_files()
-  assert len(files) >= 38
+def test_sddmm_dlmc(rng, dlmc_files):
+  files = dlmc_files
   f = jax.jit(js.sddmm)
   for path in files:
     a = js.io.load_smtx(path)

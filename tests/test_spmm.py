@@ -132,9 +132,8 @@ def test_spmm_grads(case, rng):
   check_grads(f, (vb, b), order=2, modes=["fwd", "rev"])
 
 
-def test_spmm_dlmc(rng):
-  files = jst.dlmc_files()
-  assert len(files) >= 38, f"DLMC sample not found (found {len(files)} files); set JAXSPARSE_DLMC"
+def test_spmm_dlmc(rng, dlmc_files):
+  files = dlmc_files
   f = jax.jit(js.spmm)
   for path in files:
     a = js.io.load_smtx(path, seed=1)
