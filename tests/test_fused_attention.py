@@ -165,6 +165,19 @@ def test_check_grads_order2_float64(rng, d):
   check_grads(f, (q, k, v), order=2, modes=("fwd", "rev"))
 
 
+def _check_grads_fused_default(f, q, k, v):
+  """`f(impl)` is attention with the given implementation: the fused gradient of
+  sum(sin(out)) (jitted) equals the unfused one, and the default (None) lowers to
+  the fused backward kernel."""
+  loss = lambda impl: lambda q, k, v: jnp.sum(jnp.sin(f(impl)(q, k, v)))  # noqa: E731
+  gf = jax.jit(jax.grad(loss("fused"), argnums=(0, 1, 2)))(q, k, v)
+  gu = jax.grad(loss("unfused"), argnums=(0, 1, 2))(q, k, v)
+  for a, b in zip(gf, gu):
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5)
+  hlo = jax.jit(jax.grad(loss(None), argnums=(0, 1, 2))).lower(q, k, v).as_text()
+  assert "jaxsparse_attention_bwd_cpu" in hlo   # the default takes the fused path
+
+
 MASKS = {
     # name: mask shape for q [B=2, m, H=4, d] (broadcastable to [B, H, m, n])
     "shared": lambda m, n: (m, n),
@@ -186,13 +199,7 @@ def test_mask_matches_unfused(rng, mask_kind, kv_heads, d):
   f = lambda impl: lambda q, k, v: sdpa(q, k, v, topo, mask=mask, is_causal=True,  # noqa: E731
                                         implementation=impl)
   np.testing.assert_allclose(f("fused")(q, k, v), f("unfused")(q, k, v), rtol=1e-5, atol=1e-5)
-  loss = lambda impl: lambda q, k, v: jnp.sum(jnp.sin(f(impl)(q, k, v)))  # noqa: E731
-  gf = jax.jit(jax.grad(loss("fused"), argnums=(0, 1, 2)))(q, k, v)
-  gu = jax.grad(loss("unfused"), argnums=(0, 1, 2))(q, k, v)
-  for a, b in zip(gf, gu):
-    np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5)
-  hlo = jax.jit(jax.grad(loss(None), argnums=(0, 1, 2))).lower(q, k, v).as_text()
-  assert "jaxsparse_attention_bwd_cpu" in hlo   # the default takes the fused path
+  _check_grads_fused_default(f, q, k, v)
 
 
 def test_mask_check_grads_order2_and_vmap(rng):
@@ -234,13 +241,7 @@ def test_dropout_matches_unfused(rng, broadcast, kv_heads, d):
   out = jax.jit(f(None))(q, k, v)
   np.testing.assert_allclose(out, f("unfused")(q, k, v), rtol=1e-5, atol=1e-5)
   assert not np.allclose(out, sdpa(q, k, v, topo, mask=mask))   # dropout did something
-  loss = lambda impl: lambda q, k, v: jnp.sum(jnp.sin(f(impl)(q, k, v)))  # noqa: E731
-  gf = jax.jit(jax.grad(loss("fused"), argnums=(0, 1, 2)))(q, k, v)
-  gu = jax.grad(loss("unfused"), argnums=(0, 1, 2))(q, k, v)
-  for a, b in zip(gf, gu):
-    np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5)
-  hlo = jax.jit(jax.grad(loss(None), argnums=(0, 1, 2))).lower(q, k, v).as_text()
-  assert "jaxsparse_attention_bwd_cpu" in hlo
+  _check_grads_fused_default(f, q, k, v)
 
 
 def test_dropout_check_grads_order2(rng):

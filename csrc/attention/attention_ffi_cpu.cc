@@ -52,12 +52,11 @@ ffi::Error DecodeTopology(ffi::Buffer<ffi::S32> row_offsets, ffi::Buffer<ffi::S3
       NarrowToInt(column_indices.dimensions()[0], (pre + "cap (column_indices size)").c_str(), &cap));
   JAXSPARSE_RETURN_IF_ERROR(CheckDim(row_indices.dimensions()[0], m,
                                      pre + "row_indices size (must equal row_offsets size - 1)"));
-  const std::string where = pre.substr(0, pre.size());
-  JAXSPARSE_RETURN_IF_ERROR(CheckRowOffsets(row_offsets.typed_data(), m, cap, where.c_str()));
+  JAXSPARSE_RETURN_IF_ERROR(CheckRowOffsets(row_offsets.typed_data(), m, cap, pre.c_str()));
   JAXSPARSE_RETURN_IF_ERROR(CheckColumnIndices(column_indices.typed_data(),
-                                               row_offsets.typed_data()[m], ncols, where.c_str(),
+                                               row_offsets.typed_data()[m], ncols, pre.c_str(),
                                                "the number of columns"));
-  JAXSPARSE_RETURN_IF_ERROR(CheckRowIndices(row_indices.typed_data(), m, where.c_str()));
+  JAXSPARSE_RETURN_IF_ERROR(CheckRowIndices(row_indices.typed_data(), m, pre.c_str()));
   t->row_offsets = row_offsets.typed_data();
   t->column_indices = column_indices.typed_data();
   t->row_indices = row_indices.typed_data();
@@ -66,23 +65,23 @@ ffi::Error DecodeTopology(ffi::Buffer<ffi::S32> row_offsets, ffi::Buffer<ffi::S3
   return ffi::Error::Success();
 }
 
-// The optional mask over the stored entries: uint8 [Bk, cap] with Bk 1 or batch, or
-// [1, 0] for none (then *data is null).
-ffi::Error DecodeKeep(ffi::AnyBuffer keep, int64_t batch, int64_t cap, const char* op,
-                      const uint8_t** data, int64_t* stride, const char* name = "keep") {
+// An optional uint8 array over the stored entries (`keep`, `drop`): [Bm, cap] with
+// Bm 1 or batch, or [1, 0] for none (then *data is null).
+ffi::Error DecodeEntryMask(ffi::AnyBuffer mask, int64_t batch, int64_t cap, const char* op,
+                           const char* name, const uint8_t** data, int64_t* stride) {
   const std::string pre = std::string(op) + ": " + name;
-  JAXSPARSE_RETURN_IF_ERROR(CheckRank(keep, 2, pre.c_str()));
-  if (keep.element_type() != ffi::DataType::U8) {
-    return InvalidArgument(pre + " must be uint8, got " + DataTypeName(keep.element_type()));
+  JAXSPARSE_RETURN_IF_ERROR(CheckRank(mask, 2, pre.c_str()));
+  if (mask.element_type() != ffi::DataType::U8) {
+    return InvalidArgument(pre + " must be uint8, got " + DataTypeName(mask.element_type()));
   }
-  if (keep.dimensions()[1] == 0 && keep.dimensions()[0] == 1) {
+  if (mask.dimensions()[1] == 0 && mask.dimensions()[0] == 1) {
     *data = nullptr;
     *stride = 0;
     return ffi::Error::Success();
   }
-  JAXSPARSE_RETURN_IF_ERROR(CheckDim(keep.dimensions()[1], cap, pre + ".shape[1] (cap)"));
-  JAXSPARSE_RETURN_IF_ERROR(BatchStride(keep.dimensions()[0], batch, cap, pre.c_str(), stride));
-  *data = static_cast<const uint8_t*>(keep.untyped_data());
+  JAXSPARSE_RETURN_IF_ERROR(CheckDim(mask.dimensions()[1], cap, pre + ".shape[1] (cap)"));
+  JAXSPARSE_RETURN_IF_ERROR(BatchStride(mask.dimensions()[0], batch, cap, pre.c_str(), stride));
+  *data = static_cast<const uint8_t*>(mask.untyped_data());
   return ffi::Error::Success();
 }
 
@@ -123,10 +122,9 @@ ffi::Error AttentionFwdCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer q, ffi::AnyB
   int64_t qs = 0, ks = 0, vs = 0, keep_stride = 0, drop_stride = 0;
   const uint8_t* keep_data = nullptr;
   const uint8_t* drop_data = nullptr;
-  JAXSPARSE_RETURN_IF_ERROR(DecodeKeep(keep, batch, column_indices.dimensions()[0], op, &keep_data,
-                                       &keep_stride));
-  JAXSPARSE_RETURN_IF_ERROR(DecodeKeep(drop, batch, column_indices.dimensions()[0], op, &drop_data,
-                                       &drop_stride, "drop"));
+  const int64_t cap = column_indices.dimensions()[0];
+  JAXSPARSE_RETURN_IF_ERROR(DecodeEntryMask(keep, batch, cap, op, "keep", &keep_data, &keep_stride));
+  JAXSPARSE_RETURN_IF_ERROR(DecodeEntryMask(drop, batch, cap, op, "drop", &drop_data, &drop_stride));
   JAXSPARSE_RETURN_IF_ERROR(BatchStride(q.dimensions()[0], batch, m * d, "attention_fwd: query", &qs));
   JAXSPARSE_RETURN_IF_ERROR(BatchStride(k.dimensions()[0], batch, n * d, "attention_fwd: key", &ks));
   JAXSPARSE_RETURN_IF_ERROR(BatchStride(v.dimensions()[0], batch, n * dv, "attention_fwd: value", &vs));
@@ -221,8 +219,8 @@ ffi::Error AttentionBwdCpuImpl(
   const uint8_t* keep_data = nullptr;
   const uint8_t* drop_data = nullptr;
   const int64_t cap = column_indices.dimensions()[0];
-  JAXSPARSE_RETURN_IF_ERROR(DecodeKeep(keep, batch, cap, op, &keep_data, &keep_stride));
-  JAXSPARSE_RETURN_IF_ERROR(DecodeKeep(drop, batch, cap, op, &drop_data, &drop_stride, "drop"));
+  JAXSPARSE_RETURN_IF_ERROR(DecodeEntryMask(keep, batch, cap, op, "keep", &keep_data, &keep_stride));
+  JAXSPARSE_RETURN_IF_ERROR(DecodeEntryMask(drop, batch, cap, op, "drop", &drop_data, &drop_stride));
   JAXSPARSE_RETURN_IF_ERROR(CheckRank(t_perm, 1, "attention_bwd: t_perm"));
   JAXSPARSE_RETURN_IF_ERROR(CheckDim(t_perm.dimensions()[0], cap, "attention_bwd: t_perm size (cap)"));
   if (keep_data != nullptr || drop_data != nullptr) {  // read through t_perm by pass 2

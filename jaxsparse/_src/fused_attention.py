@@ -155,9 +155,9 @@ def _drop_mul(drop, scale, dtype):
   return jnp.where(drop != 0, jnp.asarray(scale, dtype), jnp.zeros((), dtype))
 
 
-def _probs(q, k, keep, lse, topo, shape, causal):
-  """Probabilities `[*B, cap]` at the entries (0 at dropped and padding ones)."""
-  rows_c, _, valid = _entries(topo, shape, causal, keep)
+def _probs(q, k, lse, rows_c, valid, topo, shape):
+  """Probabilities `[*B, cap]` at the entries (0 at dropped and padding ones), with
+  `rows_c` and `valid` from `_entries`."""
   s = sddmm_p.bind(q, k, *topo, shape=shape).astype(lse.dtype)
   lse_e = jnp.take(lse, rows_c, axis=-1)
   return jnp.exp(jnp.where(valid, s - lse_e, -jnp.inf))
@@ -185,9 +185,8 @@ def _tangent_composite(q, k, v, keep, drop, out, lse, tq, tk, tv, *topo, shape, 
                        drop_scale):
   del out
   m, _ = shape
-  _, rows, _ = _entries(topo, shape, causal, keep)
-  rows_c = jnp.minimum(rows, m - 1)
-  p = _probs(q, k, keep, lse, topo, shape, causal)
+  rows_c, rows, valid = _entries(topo, shape, causal, keep)
+  p = _probs(q, k, lse, rows_c, valid, topo, shape)
   ts = (sddmm_p.bind(tq, k, *topo, shape=shape).astype(lse.dtype)
         + sddmm_p.bind(q, tk, *topo, shape=shape).astype(lse.dtype))
   t_lse = _segment(p * ts, rows, m, jax.ops.segment_sum)
@@ -202,10 +201,9 @@ def _tangent_composite(q, k, v, keep, drop, out, lse, tq, tk, tv, *topo, shape, 
 
 
 def _bwd_composite(q, k, v, keep, drop, lse, delta, dout, *topo, shape, causal, drop_scale):
-  m, _ = shape
   t = Topology(*topo, shape=shape)
-  rows_c, _, _ = _entries(topo, shape, causal, keep)
-  p = _probs(q, k, keep, lse, topo, shape, causal)
+  rows_c, _, valid = _entries(topo, shape, causal, keep)
+  p = _probs(q, k, lse, rows_c, valid, topo, shape)
   dp = sddmm_p.bind(dout, v, *topo, shape=shape).astype(lse.dtype)
   mul = _drop_mul(drop, drop_scale, lse.dtype)
   if mul is not None:
