@@ -34,7 +34,12 @@ def main():
   assert js.has_kernels("cpu"), "built without CPU kernels"
   rng = np.random.default_rng(1)
   for dtype in (np.float32, np.float64, jnp.bfloat16):
-    for m, k, n in ((37, 45, 19), (64, 80, 128), (5, 300, 33)):
+    for n in (1, 5, 20):  # the gathered SpMV, narrow vectors, a masked last vector
+      a = T.random_csr(rng, 9, 200, 0.3, dtype=dtype)
+      b = jnp.asarray(rng.standard_normal((200, n)), dtype)
+      want, scale = T.spmm_oracle(a, b)
+      T.assert_close(js.spmm(a, b), want, scale, dtype, f"spmm n={n} {isa}")
+    for m, k, n in ((37, 45, 19), (64, 80, 128), (5, 300, 33), (21, 200, 64)):
       a = T.random_csr(rng, m, k, 0.3, dtype=dtype)
       b = jnp.asarray(rng.standard_normal((k, n)), dtype)
       want, scale = T.spmm_oracle(a, b)

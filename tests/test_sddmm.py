@@ -28,6 +28,17 @@ def test_sddmm_cases(case, dtype, rng):
   jst.assert_close(out.values, ref, scale, dtype, f"sddmm {case.name}")
 
 
+@pytest.mark.parametrize("d", [32, 64, 128])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, jnp.bfloat16], ids=lambda d: np.dtype(d).name)
+def test_sddmm_head_dims(d, dtype, rng):
+  # The head dims compiled as constants, with rows long enough (~48 nonzeros) for
+  # the groups of 8 that prefetch the next group's rhs rows; some rows empty.
+  a = jst.random_csr(rng, 20, 120, 0.4, dtype, empty_rows=0.2)
+  lhs, rhs = _dense(rng, (20, d), dtype), _dense(rng, (120, d), dtype)
+  ref, scale = jst.sddmm_oracle(lhs, rhs, a)
+  jst.assert_close(jax.jit(js.sddmm)(lhs, rhs, a).values, ref, scale, dtype, f"sddmm d={d}")
+
+
 def test_sddmm_d1(rng):
   a = jst.random_csr(rng, 9, 14, 0.4)
   lhs, rhs = _dense(rng, (9, 1), np.float32), _dense(rng, (14, 1), np.float32)

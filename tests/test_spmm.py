@@ -57,6 +57,19 @@ def test_spmm_eager_jit_matmul_agree(rng):
   jst.assert_close(eager, ref, scale, np.float32)
 
 
+@pytest.mark.parametrize("n", [1, 5, 8, 16, 20, 49, 129, 196])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, jnp.bfloat16], ids=lambda d: np.dtype(d).name)
+def test_spmm_widths(n, dtype, rng):
+  # Each kernel path by width: n = 1 (gathered SpMV), n <= 8 (256-bit vectors under
+  # AVX-512), a masked last vector (5, 20, 49, 196), several accumulator sets for
+  # one or two vectors (16, 20), and the k-blocked path with one leftover column
+  # (129). Rows of ~90 nonzeros, some empty.
+  a = jst.random_csr(rng, 23, 300, 0.3, dtype, empty_rows=0.2)
+  b = _b(rng, 300, n, dtype)
+  ref, scale = jst.spmm_oracle(a, b)
+  jst.assert_close(jax.jit(js.spmm)(a, b), ref, scale, dtype, f"spmm n={n}")
+
+
 def test_spmm_vector(rng):
   # b of rank 1 ([k]) gives [m]: n = 1.
   a = jst.random_csr(rng, 20, 31, 0.4)

@@ -225,12 +225,11 @@ ffi::Error AttentionBwdCpuImpl(
   JAXSPARSE_RETURN_IF_ERROR(CheckDim(t_perm.dimensions()[0], cap, "attention_bwd: t_perm size (cap)"));
   if (keep_data != nullptr || drop_data != nullptr) {  // read through t_perm by pass 2
     const int32_t* perm = t_perm.typed_data();
-    for (int64_t e = 0; e < t_topo.row_offsets[n]; ++e) {
-      if (perm[e] < 0 || perm[e] >= cap) {
-        return InvalidArgument("attention_bwd: t_perm[" + std::to_string(e) + "] = " +
-                               std::to_string(perm[e]) + " is out of range [0, " +
-                               std::to_string(cap) + ")");
-      }
+    const int64_t e = cpu::FirstOutOfRange(perm, t_topo.row_offsets[n], cap);
+    if (e >= 0) {
+      return InvalidArgument("attention_bwd: t_perm[" + std::to_string(e) + "] = " +
+                             std::to_string(perm[e]) + " is out of range [0, " +
+                             std::to_string(cap) + ")");
     }
   }
   JAXSPARSE_RETURN_IF_ERROR(BatchStride(q.dimensions()[0], batch, m * d, "attention_bwd: query", &qs));

@@ -13,6 +13,7 @@
 #include "common/ffi_helpers.h"
 #include "common/half_cpu.h"
 #include "common/parallel_cpu.h"
+#include "common/scan_cpu.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace jaxsparse {
@@ -72,13 +73,12 @@ inline ffi::Error CheckRowOffsets(const int32_t* row_offsets, int64_t m, int64_t
     return InvalidArgument(std::string(op) + ": row_offsets[0] must be 0, got " +
                            std::to_string(row_offsets[0]));
   }
-  for (int64_t r = 0; r < m; ++r) {
-    if (row_offsets[r + 1] < row_offsets[r]) {
-      return InvalidArgument(std::string(op) + ": row_offsets must be non-decreasing, but row_offsets[" +
-                             std::to_string(r + 1) + "] = " + std::to_string(row_offsets[r + 1]) +
-                             " < row_offsets[" + std::to_string(r) + "] = " +
-                             std::to_string(row_offsets[r]));
-    }
+  const int64_t r = cpu::FirstDecrease(row_offsets, m);
+  if (r >= 0) {
+    return InvalidArgument(std::string(op) + ": row_offsets must be non-decreasing, but row_offsets[" +
+                           std::to_string(r + 1) + "] = " + std::to_string(row_offsets[r + 1]) +
+                           " < row_offsets[" + std::to_string(r) + "] = " +
+                           std::to_string(row_offsets[r]));
   }
   if (row_offsets[m] > cap) {
     return InvalidArgument(std::string(op) + ": row_offsets[m] = " + std::to_string(row_offsets[m]) +
@@ -91,13 +91,11 @@ inline ffi::Error CheckRowOffsets(const int32_t* row_offsets, int64_t m, int64_t
 // column_indices[j] in [0, ncols) for j < nnz (entries past nnz are padding).
 inline ffi::Error CheckColumnIndices(const int32_t* column_indices, int64_t nnz, int64_t ncols,
                                      const char* op, const char* ncols_name) {
-  for (int64_t j = 0; j < nnz; ++j) {
-    const int32_t c = column_indices[j];
-    if (c < 0 || c >= ncols) {
-      return InvalidArgument(std::string(op) + ": column_indices[" + std::to_string(j) + "] = " +
-                             std::to_string(c) + " is out of range [0, " + std::to_string(ncols) +
-                             ") (" + ncols_name + ")");
-    }
+  const int64_t j = cpu::FirstOutOfRange(column_indices, nnz, ncols);
+  if (j >= 0) {
+    return InvalidArgument(std::string(op) + ": column_indices[" + std::to_string(j) + "] = " +
+                           std::to_string(column_indices[j]) + " is out of range [0, " +
+                           std::to_string(ncols) + ") (" + ncols_name + ")");
   }
   return ffi::Error::Success();
 }

@@ -1,5 +1,7 @@
 // Vector "ops" structs used by the CPU kernels, one per instruction set, all with
-// the same interface (V, kLanes, Zero, Set1, Fma, Load, Store, ReduceAdd):
+// the same interface (V, kLanes, Narrow, Zero, Set1, Add, Fma, Load, Store, ReduceAdd, ReduceAdd8, and for
+// float Gather, LoadN / StoreN, which touch only the first n < kLanes lanes' memory and
+// load zeros into the others):
 //   GenericOps<A>  plain loops over kLanes values of type A (float or double); the
 //                  compiler vectorizes them for whatever target the caller has.
 //   Avx2Ops        AVX2 + FMA + F16C, 8 floats.   (x86-64 GCC/Clang only)
@@ -66,6 +68,7 @@ inline Isa SelectedIsa() {
 template <typename A>
 struct GenericOps {
   static constexpr int kLanes = 8;
+  using Narrow = GenericOps;  // the struct for rows of at most half a vector
   struct V {
     A x[kLanes];
   };
@@ -77,6 +80,11 @@ struct GenericOps {
   static JAXSPARSE_ALWAYS_INLINE V Set1(A a) {
     V v;
     for (int i = 0; i < kLanes; ++i) v.x[i] = a;
+    return v;
+  }
+  static JAXSPARSE_ALWAYS_INLINE V Add(const V& a, const V& b) {
+    V v;
+    for (int i = 0; i < kLanes; ++i) v.x[i] = a.x[i] + b.x[i];
     return v;
   }
   // a * b + c
@@ -95,10 +103,31 @@ struct GenericOps {
   static JAXSPARSE_ALWAYS_INLINE void Store(T* p, const V& v) {
     for (int i = 0; i < kLanes; ++i) p[i] = FromAccum<T>(v.x[i]);
   }
+  // p[idx[0]], ..., p[idx[kLanes - 1]]
+  template <typename T>
+  static JAXSPARSE_ALWAYS_INLINE V Gather(const T* p, const int32_t* idx) {
+    V v;
+    for (int i = 0; i < kLanes; ++i) v.x[i] = ToAccum(p[idx[i]]);
+    return v;
+  }
+  template <typename T>
+  static JAXSPARSE_ALWAYS_INLINE V LoadN(const T* p, int n) {
+    V v;
+    for (int i = 0; i < kLanes; ++i) v.x[i] = i < n ? ToAccum(p[i]) : A(0);
+    return v;
+  }
+  template <typename T>
+  static JAXSPARSE_ALWAYS_INLINE void StoreN(T* p, const V& v, int n) {
+    for (int i = 0; i < n; ++i) p[i] = FromAccum<T>(v.x[i]);
+  }
   static JAXSPARSE_ALWAYS_INLINE A ReduceAdd(const V& v) {
     A s = A(0);
     for (int i = 0; i < kLanes; ++i) s += v.x[i];
     return s;
+  }
+  // out[g] = ReduceAdd(v[g]) for g < 8 (the x86 structs share the shuffles).
+  static JAXSPARSE_ALWAYS_INLINE void ReduceAdd8(const V* v, A* out) {
+    for (int g = 0; g < 8; ++g) out[g] = ReduceAdd(v[g]);
   }
 };
 
@@ -107,9 +136,11 @@ struct GenericOps {
 #define JAXSPARSE_AVX2_FN static JAXSPARSE_ALWAYS_INLINE JAXSPARSE_TARGET_AVX2
 struct Avx2Ops {
   static constexpr int kLanes = 8;
+  using Narrow = Avx2Ops;
   using V = __m256;
   JAXSPARSE_AVX2_FN V Zero() { return _mm256_setzero_ps(); }
   JAXSPARSE_AVX2_FN V Set1(float a) { return _mm256_set1_ps(a); }
+  JAXSPARSE_AVX2_FN V Add(V a, V b) { return _mm256_add_ps(a, b); }
   JAXSPARSE_AVX2_FN V Fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
   JAXSPARSE_AVX2_FN V Load(const float* p) { return _mm256_loadu_ps(p); }
   JAXSPARSE_AVX2_FN V Load(const Half* p) {
@@ -120,6 +151,15 @@ struct Avx2Ops {
     return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
   }
   JAXSPARSE_AVX2_FN void Store(float* p, V v) { _mm256_storeu_ps(p, v); }
+  // Lanes [0, n) as all-ones int32, for maskload / maskstore (no fault on the others).
+  JAXSPARSE_AVX2_FN __m256i MaskN(int n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
+  JAXSPARSE_AVX2_FN V Gather(const float* p, const int32_t* idx) {
+    return _mm256_i32gather_ps(p, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(idx)), 4);
+  }
+  JAXSPARSE_AVX2_FN V LoadN(const float* p, int n) { return _mm256_maskload_ps(p, MaskN(n)); }
+  JAXSPARSE_AVX2_FN void StoreN(float* p, V v, int n) { _mm256_maskstore_ps(p, MaskN(n), v); }
   JAXSPARSE_AVX2_FN void Store(Half* p, V v) {
     _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
                      _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
@@ -144,15 +184,25 @@ struct Avx2Ops {
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
   }
+  // Eight sums at once: two rounds of hadd, then the 128-bit halves added.
+  JAXSPARSE_AVX2_FN void ReduceAdd8(const V* v, float* out) {
+    const __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
+    const __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(v[4], v[5]), _mm256_hadd_ps(v[6], v[7]));
+    _mm256_storeu_ps(out, _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20),
+                                        _mm256_permute2f128_ps(u0, u1, 0x31)));
+  }
 };
 #undef JAXSPARSE_AVX2_FN
 
 #define JAXSPARSE_AVX512_FN static JAXSPARSE_ALWAYS_INLINE JAXSPARSE_TARGET_AVX512
 struct Avx512Ops {
   static constexpr int kLanes = 16;
+  // 8 columns or fewer: 256-bit vectors (one load uop each on CPUs that split 512-bit loads).
+  using Narrow = Avx2Ops;
   using V = __m512;
   JAXSPARSE_AVX512_FN V Zero() { return _mm512_setzero_ps(); }
   JAXSPARSE_AVX512_FN V Set1(float a) { return _mm512_set1_ps(a); }
+  JAXSPARSE_AVX512_FN V Add(V a, V b) { return _mm512_add_ps(a, b); }
   JAXSPARSE_AVX512_FN V Fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
   JAXSPARSE_AVX512_FN V Load(const float* p) { return _mm512_loadu_ps(p); }
   JAXSPARSE_AVX512_FN V Load(const Half* p) {
@@ -163,6 +213,15 @@ struct Avx512Ops {
     return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
   }
   JAXSPARSE_AVX512_FN void Store(float* p, V v) { _mm512_storeu_ps(p, v); }
+  JAXSPARSE_AVX512_FN V Gather(const float* p, const int32_t* idx) {
+    return _mm512_i32gather_ps(_mm512_loadu_si512(idx), p, 4);
+  }
+  JAXSPARSE_AVX512_FN V LoadN(const float* p, int n) {
+    return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), p);
+  }
+  JAXSPARSE_AVX512_FN void StoreN(float* p, V v, int n) {
+    _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1), v);
+  }
   JAXSPARSE_AVX512_FN void Store(Half* p, V v) {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
                         _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
@@ -178,6 +237,27 @@ struct Avx512Ops {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(r));
   }
   JAXSPARSE_AVX512_FN float ReduceAdd(V v) { return _mm512_reduce_add_ps(v); }
+  // Eight sums at once (a transpose-and-add tree, 15 shuffles and 11 adds instead of
+  // eight separate reductions): 256-bit halves of pairs, then 128-bit quarters of
+  // pairs of pairs, then within each 128-bit lane.
+  JAXSPARSE_AVX512_FN void ReduceAdd8(const V* v, float* out) {
+    V t[4];
+#pragma GCC unroll 4
+    for (int g = 0; g < 4; ++g) {  // 128-bit lanes of t[g]: v[2g] (0+2, 1+3), v[2g+1] (0+2, 1+3)
+      t[g] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * g], v[2 * g + 1], 0x44),
+                           _mm512_shuffle_f32x4(v[2 * g], v[2 * g + 1], 0xEE));
+    }
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; ++h) {  // 128-bit lane q of u holds the 4 partials of v[4h + q]
+      const V u = _mm512_add_ps(_mm512_shuffle_f32x4(t[2 * h], t[2 * h + 1], 0x88),
+                                _mm512_shuffle_f32x4(t[2 * h], t[2 * h + 1], 0xDD));
+      V w = _mm512_add_ps(u, _mm512_permute_ps(u, 0x4E));
+      w = _mm512_add_ps(w, _mm512_permute_ps(w, 0xB1));
+      const V r = _mm512_permutexvar_ps(
+          _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0), w);
+      _mm_storeu_ps(out + 4 * h, _mm512_castps512_ps128(r));
+    }
+  }
 };
 #undef JAXSPARSE_AVX512_FN
 

@@ -26,11 +26,10 @@ ffi::Error PermuteCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer values, ffi::Buff
   int64_t values_stride = 0;
   JAXSPARSE_RETURN_IF_ERROR(BatchStride(values.dimensions()[0], batch, cap, "permute: values", &values_stride));
   const int32_t* p = perm.typed_data();
-  for (int64_t i = 0; i < cap; ++i) {
-    if (p[i] < 0 || p[i] >= cap) {
-      return InvalidArgument("permute: perm[" + std::to_string(i) + "] = " + std::to_string(p[i]) +
-                             " is out of range [0, " + std::to_string(cap) + ")");
-    }
+  const int64_t i = cpu::FirstOutOfRange(p, cap, cap);
+  if (i >= 0) {
+    return InvalidArgument("permute: perm[" + std::to_string(i) + "] = " + std::to_string(p[i]) +
+                           " is out of range [0, " + std::to_string(cap) + ")");
   }
   FfiTaskRunner runner(pool);
   JAXSPARSE_CPU_DISPATCH(dtype, "permute", "result", T, {
