@@ -164,6 +164,33 @@ def time_fn(fn, args, repeats: int, min_time: float, min_calls: int) -> float:
   return statistics.median(times)
 
 
+def time_fns(fns: dict, repeats: int, min_time: float, min_calls: int) -> dict:
+  """time_fn for several methods at once, their repeats interleaved.
+
+  `fns` maps a name to (fn, args). Each is warmed up and its call count chosen as
+  in time_fn; then each of the `repeats` rounds times every method once, in turn,
+  so a slow spell of the shared machine hits all of them alike and the ratios
+  between them hold better than with one method's repeats after another's.
+  Returns {name: median seconds per call}.
+  """
+  calls = {}
+  for name, (fn, args) in fns.items():
+    jax.block_until_ready(fn(*args))                   # warm-up: compile
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    est = max(time.perf_counter() - t0, 1e-7)
+    calls[name] = max(min_calls, math.ceil(min_time / est))
+  times = {name: [] for name in fns}
+  for _ in range(repeats):
+    for name, (fn, args) in fns.items():
+      n = calls[name]
+      t0 = time.perf_counter()
+      for _ in range(n):
+        jax.block_until_ready(fn(*args))
+      times[name].append((time.perf_counter() - t0) / n)
+  return {name: statistics.median(ts) for name, ts in times.items()}
+
+
 # -- inputs and float64 oracles ----------------------------------------------------
 # The oracles are float64 numpy/scipy (jax may run without x64, so no jnp.float64).
 # Each `*_inputs` returns the jax inputs and `check(method, out, tol_dtype=None)`,
@@ -297,22 +324,24 @@ def run_workload(w, root, args, dtype, setup, peers, prog="bench"):
     raise SystemExit(f"{prog}: ABORT: jaxsparse {args.op} is wrong on {w['name']} "
                      f"(N={w['N']}): {e}") from None
   row = dict(w, times_ms={}, rate={}, ratio={}, errors={}, warnings={})
+  timed = {"jaxsparse": fns["jaxsparse"]}
   for method, (fn, fargs) in fns.items():
+    if method == "jaxsparse":
+      continue
     try:
-      if method != "jaxsparse":
-        try:
-          check(method, fn(*fargs))
-        except AssertionError as e:
-          row["warnings"][method] = str(e)
-          print(f"# WARNING: {method} differs from the oracle on {w['name']}: {e}",
-                file=sys.stderr)
-      t = time_fn(fn, fargs, args.repeats, args.min_time, args.min_calls)
+      try:
+        check(method, fn(*fargs))
+      except AssertionError as e:
+        row["warnings"][method] = str(e)
+        print(f"# WARNING: {method} differs from the oracle on {w['name']}: {e}",
+              file=sys.stderr)
+      jax.block_until_ready(fn(*fargs))
     except Exception as e:  # a peer that fails (out of memory, unsupported) is recorded
-      if method == "jaxsparse":
-        raise
       row["errors"][method] = f"{type(e).__name__}: {e}"[:300]
       print(f"# {method} failed on {w['name']}: {row['errors'][method]}", file=sys.stderr)
       continue
+    timed[method] = (fn, fargs)
+  for method, t in time_fns(timed, args.repeats, args.min_time, args.min_calls).items():
     row["times_ms"][method] = t * 1e3
     row["rate"][method] = work / t / 1e9
   tj = row["times_ms"]["jaxsparse"]

@@ -21,8 +21,10 @@ sparsity with N = 256. sddmm and softmax do not depend on N: one row per matrix.
 Timing: one warm-up call (compiles), then `--repeats` repeats; each repeat runs
 n back-to-back calls (each followed by block_until_ready) with n chosen so the
 repeat lasts >= 0.1 s and n >= 3; the time of a repeat is its mean per call and
-the reported time is the median over repeats, in ms. ratio = peer_time /
-jaxsparse_time (> 1: jaxsparse is faster).
+the reported time is the median over repeats, in ms. The repeats of jaxsparse and
+its peers are interleaved (round by round), so a slow spell of a shared machine
+hits all of them alike. ratio = peer_time / jaxsparse_time (> 1: jaxsparse is
+faster).
 
 Before timing, jaxsparse's result is checked against a float64 oracle with the
 per-dtype tolerance of jaxsparse.testing on every workload (abort if wrong);
