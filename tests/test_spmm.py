@@ -197,3 +197,26 @@ def test_spmm_kernel_rejects_bad_topology_under_jit():
     f(v, jnp.array([0, 1, 3], jnp.int32), jnp.array([0, 1, 7], jnp.int32), b).block_until_ready()
   with pytest.raises(Exception, match="row_offsets"):
     f(v, jnp.array([0, 2, 1], jnp.int32), jnp.array([0, 1, 2], jnp.int32), b).block_until_ready()
+
+
+def test_spmm_kernel_names_the_first_bad_index_past_one_scan_block():
+  # The handler scans the index arrays in blocks of 4096 entries; a bad entry in
+  # a later block must still be found and named exactly.
+  if not js.has_kernels(jax.default_backend()) or jax.default_backend() != "cpu":
+    pytest.skip("only the CPU handler can read the topology")
+
+  @jax.jit
+  def f(v, ro, ci, b):
+    return js.spmm(js.CSR((v, ro, ci), shape=(ro.shape[0] - 1, 9000)), b)
+
+  b = jnp.ones((9000, 2), jnp.float32)
+  ci = np.arange(9000, dtype=np.int32)
+  ci[5000], ci[7000] = -1, 9000
+  with pytest.raises(Exception, match=r"column_indices\[5000\] = -1 is out of range"):
+    f(jnp.ones(9000, jnp.float32), jnp.array([0, 9000], jnp.int32), jnp.asarray(ci),
+      b).block_until_ready()
+  ro = np.arange(5001, dtype=np.int32)
+  ro[4501] = 4499
+  with pytest.raises(Exception, match=r"row_offsets\[4501\] = 4499 < row_offsets\[4500\]"):
+    f(jnp.ones(5000, jnp.float32), jnp.asarray(ro), jnp.zeros(5000, jnp.int32),
+      b).block_until_ready()
