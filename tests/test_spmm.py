@@ -58,12 +58,13 @@ def test_spmm_eager_jit_matmul_agree(rng):
 
 
 @pytest.mark.parametrize("n", [1, 5, 8, 16, 20, 49, 129, 196])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64, jnp.bfloat16], ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 def test_spmm_widths(n, dtype, rng):
   # Each kernel path by width: n = 1 (gathered SpMV), n <= 8 (256-bit vectors under
   # AVX-512), a masked last vector (5, 20, 49, 196), several accumulator sets for
   # one or two vectors (16, 20), and the k-blocked path with one leftover column
-  # (129). Rows of ~90 nonzeros, some empty.
+  # (129); half types below 16 columns run through the float kernels. Rows of ~90
+  # nonzeros, some empty.
   a = jst.random_csr(rng, 23, 300, 0.3, dtype, empty_rows=0.2)
   b = _b(rng, 300, n, dtype)
   ref, scale = jst.spmm_oracle(a, b)
@@ -87,15 +88,17 @@ def test_spmm_rmatmul(rng):
 
 @pytest.mark.parametrize("batch_a,batch_b", [((3,), (3,)), ((3,), ()), ((), (3,)), ((2, 3), (3,)),
                                               ((2, 1), (1, 4))])
-def test_spmm_batched(batch_a, batch_b, rng):
+@pytest.mark.parametrize("dtype,n", [(np.float32, 9), (jnp.bfloat16, 3)],
+                         ids=["float32", "bfloat16-narrow"])
+def test_spmm_batched(batch_a, batch_b, dtype, n, rng):
   # Leading dims of values and of b broadcast; one topology for the batch.
-  a = jst.random_csr(rng, 17, 23, 0.3, np.float32, batch=batch_a, empty_rows=0.2)
-  b = _b(rng, 23, 9, np.float32, batch_b)
+  a = jst.random_csr(rng, 17, 23, 0.3, dtype, batch=batch_a, empty_rows=0.2)
+  b = _b(rng, 23, n, dtype, batch_b)
   out = jax.jit(js.spmm)(a, b)
   batch = np.broadcast_shapes(batch_a, batch_b)
-  assert out.shape == batch + (17, 9)
+  assert out.shape == batch + (17, n)
   ad, bd = jst.dense_f64(a), jst.to_f64(b)
-  jst.assert_close(out, ad @ bd, np.abs(ad) @ np.abs(bd) + np.zeros(batch + (17, 9)), np.float32)
+  jst.assert_close(out, ad @ bd, np.abs(ad) @ np.abs(bd) + np.zeros(batch + (17, n)), dtype)
 
 
 def test_spmm_vmap(rng):

@@ -101,6 +101,16 @@ void RunItems(Isa isa, const SpmmArgs<T>& a, const SpmmPlan<T>& plan, int64_t be
   generic::SpmmItems<GenericOps<Accum<T>>>(a, plan, begin, end);
 }
 
+template <typename S, typename D>
+void Convert(Isa isa, const S* src, D* dst, int64_t count) {
+#if JAXSPARSE_HAVE_X86_SIMD
+  if (isa == Isa::kAvx512) return avx512::SpmmConvert<Avx512Ops>(src, dst, count);
+  if (isa == Isa::kAvx2) return avx2::SpmmConvert<Avx2Ops>(src, dst, count);
+#endif
+  (void)isa;
+  generic::SpmmConvert<GenericOps<float>>(src, dst, count);
+}
+
 // A 64-byte aligned scratch buffer per calling thread, grown on demand and
 // reused across calls (so steady-state calls neither allocate nor page-fault).
 void* PackBuffer(size_t bytes) {
@@ -187,11 +197,68 @@ bool SpmmBlocked(const SpmmArgs<T>& a, SpmmPlan<T>* plan, Isa isa, const TaskRun
   }
 }
 
+// Half types with fewer columns than a vector: the row kernels would finish every
+// column in scalar loops (a software float16 conversion per element), so the
+// values and the dense operand are converted to float once, the float kernels run
+// (SpMV by gathers, narrow and masked vectors), and the result is rounded once:
+// the same float accumulation as the half kernels. The buffers are O(nnz + k n +
+// m n) floats per calling thread, kept across calls.
+constexpr int64_t kNarrowHalfColumns = 16;
+
+template <typename T>
+int SpmmNarrowHalf(const SpmmArgs<T>& a, const TaskRunner* runner) {
+  struct Buffer {
+    float* data = nullptr;
+    size_t count = 0;
+    ~Buffer() { std::free(data); }
+  };
+  static thread_local Buffer buffer;
+  const int64_t nnz = a.row_offsets[a.m];
+  const int64_t value_batches = a.values_batch_stride == 0 ? 1 : a.batch;
+  const int64_t dense_batches = a.dense_batch_stride == 0 ? 1 : a.batch;
+  const int64_t n_values = value_batches * nnz;
+  const int64_t n_dense = dense_batches * a.k * a.n;
+  const size_t total = static_cast<size_t>(n_values + n_dense + a.batch * a.m * a.n);
+  if (buffer.count < total) {
+    std::free(buffer.data);
+    buffer.data = static_cast<float*>(std::aligned_alloc(64, (total * sizeof(float) + 63) / 64 * 64));
+    buffer.count = buffer.data != nullptr ? total : 0;
+    if (buffer.data == nullptr) return 1;
+  }
+  float* values = buffer.data;
+  float* dense = values + n_values;
+  float* out = dense + n_dense;
+  const Isa isa = SelectedIsa();
+  for (int64_t b = 0; b < value_batches; ++b) {
+    Convert(isa, a.values + b * a.values_batch_stride, values + b * nnz, nnz);
+  }
+  Convert(isa, a.dense, dense, n_dense);  // [Bb, k, n], contiguous
+  SpmmArgs<float> f;
+  f.values = values;
+  f.values_batch_stride = a.values_batch_stride == 0 ? 0 : nnz;
+  f.row_offsets = a.row_offsets;
+  f.column_indices = a.column_indices;
+  f.row_indices = a.row_indices;
+  f.dense = dense;
+  f.dense_batch_stride = a.dense_batch_stride == 0 ? 0 : a.k * a.n;
+  f.out = out;
+  f.batch = a.batch;
+  f.m = a.m;
+  f.k = a.k;
+  f.n = a.n;
+  SpmmCpu<float>(f, runner);
+  Convert(isa, static_cast<const float*>(out), a.out, a.batch * a.m * a.n);
+  return 0;
+}
+
 }  // namespace
 
 template <typename T>
 int SpmmCpu(const SpmmArgs<T>& a, const TaskRunner* runner) {
   if (a.batch <= 0 || a.m <= 0 || a.n <= 0) return 0;
+  if constexpr (sizeof(T) == 2) {
+    if (a.n < kNarrowHalfColumns) return SpmmNarrowHalf(a, runner);
+  }
   const int64_t elem = static_cast<int64_t>(sizeof(T));
   SpmmPlan<T> plan{a.dense, a.n, a.dense_batch_stride, a.n, 1};
   const Isa isa = SelectedIsa();

@@ -67,7 +67,7 @@ ffi::Error SpmmCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer values,
     args.k = k;
     args.n = n;
     if (cpu::SpmmCpu<T>(args, &runner) != 0) {
-      return ffi::Error(ffi::ErrorCode::kInternal, "jaxsparse: spmm: CPU kernel failed");
+      return ffi::Error(ffi::ErrorCode::kInternal, "jaxsparse: spmm: CPU kernel failed (no memory for its scratch buffers)");
     }
   });
   return ffi::Error::Success();
