@@ -150,18 +150,7 @@ def time_fn(fn, args, repeats: int, min_time: float, min_calls: int) -> float:
   repeats of n back-to-back calls, each followed by block_until_ready, with n
   chosen so that a repeat lasts >= min_time and n >= min_calls.
   """
-  jax.block_until_ready(fn(*args))                     # warm-up: compile
-  t0 = time.perf_counter()
-  jax.block_until_ready(fn(*args))
-  est = max(time.perf_counter() - t0, 1e-7)
-  n = max(min_calls, math.ceil(min_time / est))
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    for _ in range(n):
-      jax.block_until_ready(fn(*args))
-    times.append((time.perf_counter() - t0) / n)
-  return statistics.median(times)
+  return time_fns({"fn": (fn, args)}, repeats, min_time, min_calls)["fn"]
 
 
 def time_fns(fns: dict, repeats: int, min_time: float, min_calls: int) -> dict:
@@ -335,7 +324,6 @@ def run_workload(w, root, args, dtype, setup, peers, prog="bench"):
         row["warnings"][method] = str(e)
         print(f"# WARNING: {method} differs from the oracle on {w['name']}: {e}",
               file=sys.stderr)
-      jax.block_until_ready(fn(*fargs))
     except Exception as e:  # a peer that fails (out of memory, unsupported) is recorded
       row["errors"][method] = f"{type(e).__name__}: {e}"[:300]
       print(f"# {method} failed on {w['name']}: {row['errors'][method]}", file=sys.stderr)

@@ -111,15 +111,21 @@ void Convert(Isa isa, const S* src, D* dst, int64_t count) {
   generic::SpmmConvert<GenericOps<float>>(src, dst, count);
 }
 
-// A 64-byte aligned scratch buffer per calling thread, grown on demand and
-// reused across calls (so steady-state calls neither allocate nor page-fault).
-void* PackBuffer(size_t bytes) {
+// What a ThreadScratch buffer holds; each use has its own, since one call can need
+// several at once (the narrow half path runs the float launcher, which may pack).
+enum ScratchSlot { kPackSlot, kTileSlot, kNarrowHalfSlot, kNumScratchSlots };
+
+// A 64-byte aligned scratch buffer per calling thread and slot, grown on demand
+// and reused across calls (so steady-state calls neither allocate nor
+// page-fault). Null when the allocation fails.
+void* ThreadScratch(ScratchSlot slot, size_t bytes) {
   struct Buffer {
     void* data = nullptr;
     size_t bytes = 0;
     ~Buffer() { std::free(data); }
   };
-  static thread_local Buffer buffer;
+  static thread_local Buffer buffers[kNumScratchSlots];
+  Buffer& buffer = buffers[slot];
   if (buffer.bytes < bytes) {
     std::free(buffer.data);
     const size_t rounded = (bytes + 63) / 64 * 64;
@@ -177,20 +183,10 @@ bool SpmmBlocked(const SpmmArgs<T>& a, SpmmPlan<T>* plan, Isa isa, const TaskRun
     const double work = 2.0 * static_cast<double>(nnz) * sw * strips * a.batch;
     const SpmmPlan<T>& pl = *plan;
     ParallelFor(runner, num_items, work, [&](int64_t begin, int64_t end) {
-      struct Scratch {
-        Accum<T>* tile = nullptr;
-        size_t tile_bytes = 0;
-        int32_t cursor[kMaxRowBlock];
-        ~Scratch() { std::free(tile); }
-      };
-      static thread_local Scratch scratch;
-      const size_t bytes = static_cast<size_t>(kc * sw * sizeof(Accum<T>));
-      if (scratch.tile_bytes < bytes) {
-        std::free(scratch.tile);
-        scratch.tile = static_cast<Accum<T>*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64));
-        scratch.tile_bytes = bytes;
-      }
-      RunBlockedItems<T>(isa, a, pl, begin, end, scratch.tile, scratch.cursor);
+      static thread_local int32_t cursor[kMaxRowBlock];
+      auto* tile = static_cast<Accum<T>*>(
+          ThreadScratch(kTileSlot, static_cast<size_t>(kc * sw * sizeof(Accum<T>))));
+      RunBlockedItems<T>(isa, a, pl, begin, end, tile, cursor);
     });
     plan->col_begin = strips * sw;
     return true;
@@ -207,25 +203,14 @@ constexpr int64_t kNarrowHalfColumns = 16;
 
 template <typename T>
 int SpmmNarrowHalf(const SpmmArgs<T>& a, const TaskRunner* runner) {
-  struct Buffer {
-    float* data = nullptr;
-    size_t count = 0;
-    ~Buffer() { std::free(data); }
-  };
-  static thread_local Buffer buffer;
   const int64_t nnz = a.row_offsets[a.m];
   const int64_t value_batches = a.values_batch_stride == 0 ? 1 : a.batch;
   const int64_t dense_batches = a.dense_batch_stride == 0 ? 1 : a.batch;
   const int64_t n_values = value_batches * nnz;
   const int64_t n_dense = dense_batches * a.k * a.n;
   const size_t total = static_cast<size_t>(n_values + n_dense + a.batch * a.m * a.n);
-  if (buffer.count < total) {
-    std::free(buffer.data);
-    buffer.data = static_cast<float*>(std::aligned_alloc(64, (total * sizeof(float) + 63) / 64 * 64));
-    buffer.count = buffer.data != nullptr ? total : 0;
-    if (buffer.data == nullptr) return 1;
-  }
-  float* values = buffer.data;
+  auto* values = static_cast<float*>(ThreadScratch(kNarrowHalfSlot, total * sizeof(float)));
+  if (values == nullptr) return 1;
   float* dense = values + n_values;
   float* out = dense + n_dense;
   const Isa isa = SelectedIsa();
@@ -287,7 +272,7 @@ int SpmmCpu(const SpmmArgs<T>& a, const TaskRunner* runner) {
   // and enough nonzeros to reuse each dense row several times.
   if (plan.num_col_blocks > 1 && (a.n * elem) % 2048 == 0 && pack_bytes <= kMaxPackBytes &&
       nnz * a.batch >= 4 * a.k * dense_batches) {
-    T* packed = static_cast<T*>(PackBuffer(static_cast<size_t>(pack_bytes)));
+    T* packed = static_cast<T*>(ThreadScratch(kPackSlot, static_cast<size_t>(pack_bytes)));
     if (packed != nullptr) {
       const int64_t rows = dense_batches * a.k;
       ParallelFor(runner, rows, 0.5 * static_cast<double>(rows * a.n),

@@ -91,16 +91,16 @@ def _check(name, shape, q, k, v):
                      f"topology {shape}")
 
 
-def _check_keep(name, keep, cap):
-  if keep.dtype != np.uint8 or keep.ndim < 2 or keep.shape[-1] not in (0, cap):
-    raise ValueError(f"{name}: keep must be uint8 [*B, nnz={cap}] (or [*1, 0] for none), got "
-                     f"{keep.dtype} {keep.shape}")
+def _check_entry_masks(name, cap, **masks):
+  for what, x in masks.items():
+    if x.dtype != np.uint8 or x.ndim < 2 or x.shape[-1] not in (0, cap):
+      raise ValueError(f"{name}: {what} must be uint8 [*B, nnz={cap}] (or [*1, 0] for none), "
+                       f"got {x.dtype} {x.shape}")
 
 
 def _fwd_abstract_eval(q, k, v, keep, drop, *topo, shape, causal, drop_scale):
   _check("jaxsparse_attention_fwd", shape, q, k, v)
-  _check_keep("jaxsparse_attention_fwd", keep, topo[1].shape[0])
-  _check_keep("jaxsparse_attention_fwd", drop, topo[1].shape[0])
+  _check_entry_masks("jaxsparse_attention_fwd", topo[1].shape[0], keep=keep, drop=drop)
   batch = common.batch_shape(q, k, v, keep, drop, core_ndims=(2, 2, 2, 1, 1))
   m = shape[0]
   return (q.update(shape=batch + (m, v.shape[-1]), dtype=q.dtype),
@@ -114,8 +114,7 @@ def _tangent_abstract_eval(q, k, v, keep, drop, out, lse, tq, tk, tv, *topo, **p
 
 def _bwd_abstract_eval(q, k, v, keep, drop, lse, delta, dout, *topo, shape, causal, drop_scale):
   _check("jaxsparse_attention_bwd", shape, q, k, v)
-  _check_keep("jaxsparse_attention_bwd", keep, topo[1].shape[0])
-  _check_keep("jaxsparse_attention_bwd", drop, topo[1].shape[0])
+  _check_entry_masks("jaxsparse_attention_bwd", topo[1].shape[0], keep=keep, drop=drop)
   batch = common.batch_shape(q, k, v, keep, drop, lse, delta, dout,
                              core_ndims=(2, 2, 2, 1, 1, 1, 1, 2))
   m, n = shape

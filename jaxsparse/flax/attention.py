@@ -61,9 +61,10 @@ def _decode_attention(query, key, value, topo: Topology, row, max_row: int, *, b
   `[..., 1, kv_len]` broadcastable) are read at the same columns."""
   row = jnp.asarray(row, jnp.int32)
   cap = topo.cap
+  width = max(max_row, 1)
   start = topo.row_offsets[row]
   length = topo.row_offsets[row + 1] - start
-  pos = jnp.arange(max(max_row, 1), dtype=jnp.int32)
+  pos = jnp.arange(width, dtype=jnp.int32)
   valid = pos < length
   cols = jnp.where(valid, topo.column_indices[jnp.clip(start + pos, 0, max(cap - 1, 0))], 0)
   k = jnp.take(key, cols, axis=-3)
@@ -73,8 +74,8 @@ def _decode_attention(query, key, value, topo: Topology, row, max_row: int, *, b
     keep = keep & jnp.take(jnp.asarray(mask, bool), cols, axis=-1)
   if bias is not None:
     bias = jnp.take(jnp.asarray(bias), cols, axis=-1)
-  dense_row = _dense_row(max(max_row, 1))
-  return sparse_dot_product_attention(query, k, v, dense_row, bias=bias, mask=keep, **kwargs)
+  return sparse_dot_product_attention(query, k, v, _dense_row(width), bias=bias, mask=keep,
+                                      **kwargs)
 
 
 @functools.lru_cache(maxsize=64)
@@ -130,12 +131,8 @@ def sparse_attention_fn(topology, *, implementation: str | None = None) -> Calla
     raise NotImplementedError.
   """
   topo = as_topology(topology, "flax.sparse_attention_fn")
-  longest = []
-
-  def max_row():  # computed on the first decoding step, once
-    if not longest:
-      longest.append(_max_row_length(topo, "sparse_attention_fn"))
-    return longest[0]
+  # The longest row, computed on the first decoding step, once.
+  max_row = functools.cache(lambda: _max_row_length(topo, "sparse_attention_fn"))
 
   def attention_fn(query, key, value, bias=None, mask=None, broadcast_dropout: bool = True,
                    dropout_rng=None, dropout_rate: float = 0.0, deterministic: bool = False,
@@ -174,8 +171,6 @@ def _check_attention_fn(attention_fn, who: str):
     raise TypeError(f"jaxsparse.flax.{who}: attention_fn is set from topology; pass "
                     "attention_fn=jaxsparse.flax.sparse_attention_fn(topology) to the dense "
                     "module instead if you need to build it yourself")
-
-
 
 
 class SparseMultiHeadAttention(nnx.MultiHeadAttention):
@@ -218,7 +213,6 @@ class SparseMultiHeadAttention(nnx.MultiHeadAttention):
                **kwargs):
     """As `nnx.MultiHeadAttention.__call__`."""
     decoding = decode if decode is not None else self.decode
-    if decoding and getattr(self, "cache_index", None) is not None:
-      with decoding_row(self.cache_index[...]):
-        return super().__call__(inputs_q, inputs_k, inputs_v, decode=decode, **kwargs)
-    return super().__call__(inputs_q, inputs_k, inputs_v, decode=decode, **kwargs)
+    index = getattr(self, "cache_index", None) if decoding else None
+    with contextlib.nullcontext() if index is None else decoding_row(index[...]):
+      return super().__call__(inputs_q, inputs_k, inputs_v, decode=decode, **kwargs)

@@ -7,6 +7,7 @@ with a `topology`; same fields, call and parameters (`query`, `key`, `value`,
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from flax import linen as nn
@@ -53,7 +54,7 @@ class SparseMultiHeadDotProductAttention(nn.MultiHeadDotProductAttention):
 
   def __call__(self, inputs_q, inputs_k=None, inputs_v=None, **kwargs):
     """As `nn.MultiHeadDotProductAttention.__call__`."""
-    if self.decode and self.has_variable("cache", "cache_index"):
-      with decoding_row(self.get_variable("cache", "cache_index")):
-        return super().__call__(inputs_q, inputs_k, inputs_v, **kwargs)
-    return super().__call__(inputs_q, inputs_k, inputs_v, **kwargs)
+    decoding = self.decode and self.has_variable("cache", "cache_index")
+    with (decoding_row(self.get_variable("cache", "cache_index")) if decoding
+          else contextlib.nullcontext()):
+      return super().__call__(inputs_q, inputs_k, inputs_v, **kwargs)
