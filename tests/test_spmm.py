@@ -71,6 +71,37 @@ def test_spmm_widths(n, dtype, rng):
   jst.assert_close(jax.jit(js.spmm)(a, b), ref, scale, dtype, f"spmm n={n}")
 
 
+@pytest.mark.parametrize("where", ["swapped", "rotated", "duplicate"])
+def test_spmm_unsorted_columns_take_the_row_path(where, rng):
+  # A topology built inside jit is not validated, so columns may reach the kernel
+  # out of order within a row. Wide enough for the k-blocked kernel, which needs
+  # them sorted: the launcher's check must route this product to the row-strip
+  # kernel. Rows start with a smaller column than the previous row ended with (a
+  # decrease that is allowed); the longest row has its first and last columns
+  # swapped, its last column moved to the front, or a repeated column.
+  m, k, n = 40, 300, 130
+  mask = jst.random_topology(rng, m, k, 0.5, empty_rows=0.2)
+  ro = np.concatenate([[0], np.cumsum(mask.sum(1))]).astype(np.int32)
+  ci = np.nonzero(mask)[1].astype(np.int32)
+  r = int(np.argmax(np.diff(ro)))
+  s, e = ro[r], ro[r + 1]
+  if where == "swapped":  # its first and last columns (in different k blocks)
+    ci[s], ci[e - 1] = ci[e - 1], ci[s]
+  elif where == "rotated":  # the last column moved to the front
+    ci[s:e] = np.roll(ci[s:e], 1)
+  else:
+    ci[s + 5] = ci[s + 4]
+  topo = js.Topology.build(ro, ci, (m, k), validate=False)
+  values = jnp.asarray(rng.standard_normal(int(ro[-1])), jnp.float32)
+  a = js.CSR._from_parts(values, topo)
+  b = _b(rng, k, n, np.float32)
+  ad = np.zeros((m, k))  # repeated entries add up, as in the kernels
+  np.add.at(ad, (np.repeat(np.arange(m), np.diff(ro)), ci), np.asarray(values, np.float64))
+  bd = jst.to_f64(b)
+  jst.assert_close(jax.jit(js.spmm)(a, b), ad @ bd, np.abs(ad) @ np.abs(bd), np.float32,
+                   f"spmm unsorted {where}")
+
+
 def test_spmm_vector(rng):
   # b of rank 1 ([k]) gives [m]: n = 1.
   a = jst.random_csr(rng, 20, 31, 0.4)

@@ -48,5 +48,18 @@ int64_t FirstDecrease(const int32_t* x, int64_t m) {
   return -1;
 }
 
+JAXSPARSE_SCAN_CLONES
+bool ColumnsSortedInRows(const int32_t* row_offsets, const int32_t* cols, int64_t m) {
+  const int64_t nnz = m > 0 ? row_offsets[m] : 0;
+  int64_t all = 0;  // j in [1, nnz) with cols[j] <= cols[j - 1]
+  for (int64_t j = 1; j < nnz; ++j) all += cols[j] <= cols[j - 1];
+  int64_t at_starts = 0;  // those of them at the first entry of a nonempty row
+  for (int64_t r = 0; r < m; ++r) {
+    const int32_t s = row_offsets[r];
+    if (s > 0 && s < row_offsets[r + 1]) at_starts += cols[s] <= cols[s - 1];
+  }
+  return all == at_starts;
+}
+
 }  // namespace cpu
 }  // namespace jaxsparse

@@ -16,6 +16,11 @@ int64_t FirstOutOfRange(const int32_t* x, int64_t n, int64_t hi);
 // The first r in [0, m) with x[r + 1] < x[r] (x has m + 1 entries), or -1.
 int64_t FirstDecrease(const int32_t* x, int64_t m);
 
+// Whether the column indices increase strictly within every row (rows given by
+// the m + 1 validated row_offsets). Branch-free: the decreases over the whole
+// array must all be at the first entry of a row.
+bool ColumnsSortedInRows(const int32_t* row_offsets, const int32_t* cols, int64_t m);
+
 }  // namespace cpu
 }  // namespace jaxsparse
 

@@ -18,6 +18,7 @@
 
 #include "common/half_cpu.h"
 #include "common/parallel_cpu.h"
+#include "common/scan_cpu.h"
 #include "common/simd_cpu.h"
 
 namespace jaxsparse {
@@ -148,15 +149,6 @@ constexpr int64_t kRowBlock = 256;
 constexpr double kMinPerBlock = 8.0;
 constexpr int64_t kMaxRowBlock = 1024;
 
-bool ColumnsSorted(const int32_t* row_offsets, const int32_t* cols, int64_t m) {
-  for (int64_t r = 0; r < m; ++r) {
-    for (int32_t j = row_offsets[r] + 1; j < row_offsets[r + 1]; ++j) {
-      if (cols[j] <= cols[j - 1]) return false;
-    }
-  }
-  return true;
-}
-
 // Returns true when it computed columns [0, plan->num_strips * strip width) with
 // the k-blocked kernel; plan->col_begin is then where the rest starts.
 template <typename T>
@@ -174,7 +166,7 @@ bool SpmmBlocked(const SpmmArgs<T>& a, SpmmPlan<T>* plan, Isa isa, const TaskRun
     // the output read-modify-writes cost more than the L1 reuse gains.
     const double per_block = static_cast<double>(nnz) / a.m * std::min<int64_t>(kc, a.k) / a.k;
     if (per_block < kMinPerBlock) return false;
-    if (!ColumnsSorted(a.row_offsets, a.column_indices, a.m)) return false;
+    if (!ColumnsSortedInRows(a.row_offsets, a.column_indices, a.m)) return false;
     plan->num_strips = strips;
     plan->k_block = kc;
     plan->row_block = std::min<int64_t>({kRowBlock, kMaxRowBlock, a.m});
