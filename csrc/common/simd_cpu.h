@@ -1,7 +1,7 @@
 // Vector "ops" structs used by the CPU kernels, one per instruction set, all with
-// the same interface (V, kLanes, Narrow, Zero, Set1, Add, Fma, Load, Store, ReduceAdd, ReduceAdd8, and for
-// float Gather, LoadN / StoreN, which touch only the first n < kLanes lanes' memory and
-// load zeros into the others):
+// the same interface (V, kLanes, Narrow, Zero, Set1, Add, Sub, Mul, Max, Fma, Load,
+// Store, ReduceAdd, ReduceAdd8, and for float Gather, LoadN / StoreN, which touch
+// only the first n < kLanes lanes' memory and load zeros into the others):
 //   GenericOps<A>  plain loops over kLanes values of type A (float or double); the
 //                  compiler vectorizes them for whatever target the caller has.
 //   Avx2Ops        AVX2 + FMA + F16C, 8 floats.   (x86-64 GCC/Clang only)
@@ -87,6 +87,22 @@ struct GenericOps {
     for (int i = 0; i < kLanes; ++i) v.x[i] = a.x[i] + b.x[i];
     return v;
   }
+  static JAXSPARSE_ALWAYS_INLINE V Sub(const V& a, const V& b) {
+    V v;
+    for (int i = 0; i < kLanes; ++i) v.x[i] = a.x[i] - b.x[i];
+    return v;
+  }
+  static JAXSPARSE_ALWAYS_INLINE V Mul(const V& a, const V& b) {
+    V v;
+    for (int i = 0; i < kLanes; ++i) v.x[i] = a.x[i] * b.x[i];
+    return v;
+  }
+  // Per lane a > b ? a : b (b where a is NaN, as x86 max does with these operands).
+  static JAXSPARSE_ALWAYS_INLINE V Max(const V& a, const V& b) {
+    V v;
+    for (int i = 0; i < kLanes; ++i) v.x[i] = a.x[i] > b.x[i] ? a.x[i] : b.x[i];
+    return v;
+  }
   // a * b + c
   static JAXSPARSE_ALWAYS_INLINE V Fma(const V& a, const V& b, const V& c) {
     V v;
@@ -141,6 +157,9 @@ struct Avx2Ops {
   JAXSPARSE_AVX2_FN V Zero() { return _mm256_setzero_ps(); }
   JAXSPARSE_AVX2_FN V Set1(float a) { return _mm256_set1_ps(a); }
   JAXSPARSE_AVX2_FN V Add(V a, V b) { return _mm256_add_ps(a, b); }
+  JAXSPARSE_AVX2_FN V Sub(V a, V b) { return _mm256_sub_ps(a, b); }
+  JAXSPARSE_AVX2_FN V Mul(V a, V b) { return _mm256_mul_ps(a, b); }
+  JAXSPARSE_AVX2_FN V Max(V a, V b) { return _mm256_max_ps(a, b); }
   JAXSPARSE_AVX2_FN V Fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
   JAXSPARSE_AVX2_FN V Load(const float* p) { return _mm256_loadu_ps(p); }
   JAXSPARSE_AVX2_FN V Load(const Half* p) {
@@ -203,6 +222,9 @@ struct Avx512Ops {
   JAXSPARSE_AVX512_FN V Zero() { return _mm512_setzero_ps(); }
   JAXSPARSE_AVX512_FN V Set1(float a) { return _mm512_set1_ps(a); }
   JAXSPARSE_AVX512_FN V Add(V a, V b) { return _mm512_add_ps(a, b); }
+  JAXSPARSE_AVX512_FN V Sub(V a, V b) { return _mm512_sub_ps(a, b); }
+  JAXSPARSE_AVX512_FN V Mul(V a, V b) { return _mm512_mul_ps(a, b); }
+  JAXSPARSE_AVX512_FN V Max(V a, V b) { return _mm512_max_ps(a, b); }
   JAXSPARSE_AVX512_FN V Fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
   JAXSPARSE_AVX512_FN V Load(const float* p) { return _mm512_loadu_ps(p); }
   JAXSPARSE_AVX512_FN V Load(const Half* p) {

@@ -1,18 +1,42 @@
 // CPU sparse softmax and softmax gradient: one row at a time (max-subtracted,
-// accumulated in float32 for the 16-bit types), rows claimed in chunks by the
-// threads. Plain loops.
+// accumulated in float32 for the 16-bit types, a vectorized exp), rows claimed in
+// chunks by the threads. Compiled for AVX-512, AVX2+FMA and the baseline, chosen
+// at run time.
 #include "softmax/softmax_cpu.h"
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <type_traits>
 
 #include "common/half_cpu.h"
 #include "common/parallel_cpu.h"
+#include "common/simd_cpu.h"
 
 namespace jaxsparse {
 namespace cpu {
+
+namespace generic {
+#define JAXSPARSE_KERNEL_TARGET JAXSPARSE_TARGET_GENERIC
+#include "softmax/softmax_cpu_kernel.inc"
+#undef JAXSPARSE_KERNEL_TARGET
+}  // namespace generic
+
+#if JAXSPARSE_HAVE_X86_SIMD
+namespace avx2 {
+#define JAXSPARSE_KERNEL_TARGET JAXSPARSE_TARGET_AVX2
+#include "softmax/softmax_cpu_kernel.inc"
+#undef JAXSPARSE_KERNEL_TARGET
+}  // namespace avx2
+
+namespace avx512 {
+#define JAXSPARSE_KERNEL_TARGET JAXSPARSE_TARGET_AVX512
+#include "softmax/softmax_cpu_kernel.inc"
+#undef JAXSPARSE_KERNEL_TARGET
+}  // namespace avx512
+#endif
+
 namespace {
 
 // Rough cost of one entry (an exp and a few flops), for the serial cutoff.
@@ -25,38 +49,40 @@ void ZeroPadding(T* out, int64_t batch, int64_t cap, int64_t nnz) {
   }
 }
 
+// The row kernels of one instruction set (double through the generic struct: its
+// exp is std::exp, as the float64 reference's).
+#define JAXSPARSE_SOFTMAX_ISA(CALL)                                        \
+  do {                                                                     \
+    if constexpr (std::is_same_v<T, double>) {                             \
+      if (isa == Isa::kAvx512) return avx512::CALL<GenericOps<double>>;    \
+      if (isa == Isa::kAvx2) return avx2::CALL<GenericOps<double>>;        \
+    } else {                                                               \
+      if (isa == Isa::kAvx512) return avx512::CALL<Avx512Ops>;             \
+      if (isa == Isa::kAvx2) return avx2::CALL<Avx2Ops>;                   \
+    }                                                                      \
+    return generic::CALL<GenericOps<Accum<T>>>;                            \
+  } while (0)
+
 template <typename T>
-void SoftmaxRow(const T* x, T* out, int32_t begin, int32_t end) {
-  using A = Accum<T>;
-  if (begin >= end) return;
-  A max_x = -std::numeric_limits<A>::infinity();
-  for (int32_t j = begin; j < end; ++j) {
-    const A v = ToAccum(x[j]);
-    max_x = v > max_x ? v : max_x;
-  }
-  A sum = 0;
-  if constexpr (std::is_same_v<T, A>) {
-    for (int32_t j = begin; j < end; ++j) {
-      const A e = std::exp(x[j] - max_x);
-      out[j] = e;
-      sum += e;
-    }
-    const A inv = A(1) / sum;
-    for (int32_t j = begin; j < end; ++j) out[j] *= inv;
-  } else {  // 16-bit storage: recompute the exponentials rather than round them twice
-    for (int32_t j = begin; j < end; ++j) sum += std::exp(ToAccum(x[j]) - max_x);
-    const A inv = A(1) / sum;
-    for (int32_t j = begin; j < end; ++j) out[j] = FromAccum<T>(std::exp(ToAccum(x[j]) - max_x) * inv);
-  }
+auto SoftmaxRowFn(Isa isa) -> void (*)(const T*, T*, int32_t) {
+#if JAXSPARSE_HAVE_X86_SIMD
+  JAXSPARSE_SOFTMAX_ISA(SoftmaxRow);
+#else
+  (void)isa;
+  return generic::SoftmaxRow<GenericOps<Accum<T>>>;
+#endif
 }
 
 template <typename T>
-void SoftmaxGradRow(const T* y, const T* g, T* out, int32_t begin, int32_t end) {
-  using A = Accum<T>;
-  A dot = 0;
-  for (int32_t j = begin; j < end; ++j) dot += ToAccum(g[j]) * ToAccum(y[j]);
-  for (int32_t j = begin; j < end; ++j) out[j] = FromAccum<T>(ToAccum(y[j]) * (ToAccum(g[j]) - dot));
+auto SoftmaxGradRowFn(Isa isa) -> void (*)(const T*, const T*, T*, int32_t) {
+#if JAXSPARSE_HAVE_X86_SIMD
+  JAXSPARSE_SOFTMAX_ISA(SoftmaxGradRow);
+#else
+  (void)isa;
+  return generic::SoftmaxGradRow<GenericOps<Accum<T>>>;
+#endif
 }
+#undef JAXSPARSE_SOFTMAX_ISA
 
 }  // namespace
 
@@ -66,13 +92,15 @@ int SoftmaxCpu(const SoftmaxArgs<T>& a, const TaskRunner* runner) {
   const int64_t nnz = a.m > 0 ? a.row_offsets[a.m] : 0;
   ZeroPadding(a.out, a.batch, a.cap, nnz);
   if (a.m <= 0 || nnz == 0) return 0;
+  const auto row = SoftmaxRowFn<T>(SelectedIsa());
   ParallelFor(runner, a.batch * a.m, kWorkPerEntry * static_cast<double>(nnz) * a.batch,
               [&](int64_t begin, int64_t end) {
                 for (int64_t item = begin; item < end; ++item) {
                   const int64_t bb = item / a.m;
                   const int32_t r = a.row_indices[item - bb * a.m];
-                  SoftmaxRow(a.values + bb * a.values_batch_stride, a.out + bb * a.cap,
-                             a.row_offsets[r], a.row_offsets[r + 1]);
+                  const int32_t j = a.row_offsets[r];
+                  row(a.values + bb * a.values_batch_stride + j, a.out + bb * a.cap + j,
+                      a.row_offsets[r + 1] - j);
                 }
               });
   return 0;
@@ -84,13 +112,15 @@ int SoftmaxGradCpu(const SoftmaxGradArgs<T>& a, const TaskRunner* runner) {
   const int64_t nnz = a.m > 0 ? a.row_offsets[a.m] : 0;
   ZeroPadding(a.out, a.batch, a.cap, nnz);
   if (a.m <= 0 || nnz == 0) return 0;
+  const auto row = SoftmaxGradRowFn<T>(SelectedIsa());
   ParallelFor(runner, a.batch * a.m, 4.0 * static_cast<double>(nnz) * a.batch,
               [&](int64_t begin, int64_t end) {
                 for (int64_t item = begin; item < end; ++item) {
                   const int64_t bb = item / a.m;
                   const int32_t r = a.row_indices[item - bb * a.m];
-                  SoftmaxGradRow(a.y + bb * a.y_batch_stride, a.g + bb * a.g_batch_stride,
-                                 a.out + bb * a.cap, a.row_offsets[r], a.row_offsets[r + 1]);
+                  const int32_t j = a.row_offsets[r];
+                  row(a.y + bb * a.y_batch_stride + j, a.g + bb * a.g_batch_stride + j,
+                      a.out + bb * a.cap + j, a.row_offsets[r + 1] - j);
                 }
               });
   return 0;
