@@ -69,10 +69,10 @@ def _check(out, ref, dtype, q, k, v):
   np.testing.assert_allclose(np.asarray(out, np.float64), ref, rtol=tol, atol=tol * scale)
 
 
-# head dims: 16/32/64/128 take the register-blocked kernels (AVX-512: 1, 2, 4, 8
-# vectors), 5 / 24 / (64, 32) the generic ones.
-@pytest.mark.parametrize("d,dv", [(16, 16), (64, 64), (128, 128), (5, 5), (24, 24), (64, 32)],
-                         ids=str)
+# head dims: 16/48/64/80/96/128 take the register-blocked kernels (AVX-512: 1, 3, 4,
+# 5, 6, 8 vectors), 5 / 24 / (64, 32) the generic ones.
+@pytest.mark.parametrize("d,dv", [(16, 16), (48, 48), (64, 64), (80, 80), (96, 96), (128, 128),
+                                  (5, 5), (24, 24), (64, 32)], ids=str)
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 def test_matches_oracle(rng, d, dv, causal):
   m, n, heads = 19, 23, 2
@@ -130,7 +130,9 @@ def test_grouped_query_and_broadcast_batch(rng):
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
-@pytest.mark.parametrize("d", [16, 6], ids=["regs", "generic"])
+# float64 vectors are 8 lanes: 16, 24, 40, 48 are 2, 3, 5, 6 of them.
+@pytest.mark.parametrize("d", [16, 24, 40, 48, 6], ids=["regs2", "regs3", "regs5", "regs6",
+                                                        "generic"])
 def test_grads_match_oracle_float64(rng, causal, d):
   m, n, heads = 11, 11, 2
   mask = _mask(rng, m, n, 0.4, empty_rows=(4,))
