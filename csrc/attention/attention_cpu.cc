@@ -17,25 +17,9 @@
 namespace jaxsparse {
 namespace cpu {
 
-namespace generic {
-#define JAXSPARSE_KERNEL_TARGET JAXSPARSE_TARGET_GENERIC
-#include "attention/attention_cpu_kernel.inc"
-#undef JAXSPARSE_KERNEL_TARGET
-}  // namespace generic
-
-#if JAXSPARSE_HAVE_X86_SIMD
-namespace avx2 {
-#define JAXSPARSE_KERNEL_TARGET JAXSPARSE_TARGET_AVX2
-#include "attention/attention_cpu_kernel.inc"
-#undef JAXSPARSE_KERNEL_TARGET
-}  // namespace avx2
-
-namespace avx512 {
-#define JAXSPARSE_KERNEL_TARGET JAXSPARSE_TARGET_AVX512
-#include "attention/attention_cpu_kernel.inc"
-#undef JAXSPARSE_KERNEL_TARGET
-}  // namespace avx512
-#endif
+#define JAXSPARSE_KERNEL_FILE "attention/attention_cpu_kernel.inc"
+#include "common/per_isa_cpu.inc"
+#undef JAXSPARSE_KERNEL_FILE
 
 namespace {
 
