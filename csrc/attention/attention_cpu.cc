@@ -23,38 +23,18 @@ namespace cpu {
 
 namespace {
 
-// Calls generic::F<Ops>, avx2::F<Ops> or avx512::F<Ops> for the selected ISA.
-#if JAXSPARSE_HAVE_X86_SIMD
-#define JAXSPARSE_ATTN_DISPATCH(T, F, ...)                                         \
-  do {                                                                             \
-    const Isa isa = SelectedIsa();                                                 \
-    if constexpr (std::is_same_v<T, double>) {                                     \
-      if (isa == Isa::kAvx512) return avx512::F<GenericOps<double>>(__VA_ARGS__);  \
-      if (isa == Isa::kAvx2) return avx2::F<GenericOps<double>>(__VA_ARGS__);      \
-    } else {                                                                       \
-      if (isa == Isa::kAvx512) return avx512::F<Avx512Ops>(__VA_ARGS__);           \
-      if (isa == Isa::kAvx2) return avx2::F<Avx2Ops>(__VA_ARGS__);                 \
-    }                                                                              \
-    return generic::F<GenericOps<Accum<T>>>(__VA_ARGS__);                          \
-  } while (0)
-#else
-#define JAXSPARSE_ATTN_DISPATCH(T, F, ...) return generic::F<GenericOps<Accum<T>>>(__VA_ARGS__)
-#endif
-
 template <typename T>
 void FwdItems(const AttnFwdArgs<T>& a, int64_t max_row, int64_t begin, int64_t end) {
-  JAXSPARSE_ATTN_DISPATCH(T, AttnFwd, a, max_row, begin, end);
+  JAXSPARSE_ISA_CALL(SelectedIsa(), T, AttnFwd, a, max_row, begin, end);
 }
 template <typename T>
 void BwdRowItems(const AttnBwdArgs<T>& a, int64_t begin, int64_t end) {
-  JAXSPARSE_ATTN_DISPATCH(T, AttnBwdRows, a, begin, end);
+  JAXSPARSE_ISA_CALL(SelectedIsa(), T, AttnBwdRows, a, begin, end);
 }
 template <typename T>
 void BwdColItems(const AttnBwdArgs<T>& a, int64_t begin, int64_t end) {
-  JAXSPARSE_ATTN_DISPATCH(T, AttnBwdCols, a, begin, end);
+  JAXSPARSE_ISA_CALL(SelectedIsa(), T, AttnBwdCols, a, begin, end);
 }
-
-#undef JAXSPARSE_ATTN_DISPATCH
 
 int64_t MaxRowLength(const AttnTopology& t) {
   int64_t longest = 0;

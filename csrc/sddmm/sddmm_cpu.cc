@@ -26,30 +26,10 @@ namespace {
 // 5k nonzeros (0.68 MFLOP) took 20 us serial against 15.5 us in parallel.
 constexpr double kSddmmMinParallelWork = 262144.0;
 
-// The kernels for one Ops struct, with d = 32, 64 and 128 compiled as constants.
-#define JAXSPARSE_SDDMM_BY_D(ns, OPS)                                        \
-  switch (a.d) {                                                              \
-    case 32: return ns::SddmmItems<OPS, 32>(a, begin, end);                   \
-    case 64: return ns::SddmmItems<OPS, 64>(a, begin, end);                   \
-    case 128: return ns::SddmmItems<OPS, 128>(a, begin, end);                 \
-    default: return ns::SddmmItems<OPS, 0>(a, begin, end);                    \
-  }
-
 template <typename T>
 void RunItems(Isa isa, const SddmmArgs<T>& a, int64_t begin, int64_t end) {
-#if JAXSPARSE_HAVE_X86_SIMD
-  if constexpr (std::is_same_v<T, double>) {
-    if (isa == Isa::kAvx512) JAXSPARSE_SDDMM_BY_D(avx512, GenericOps<double>)
-    if (isa == Isa::kAvx2) JAXSPARSE_SDDMM_BY_D(avx2, GenericOps<double>)
-  } else {
-    if (isa == Isa::kAvx512) JAXSPARSE_SDDMM_BY_D(avx512, Avx512Ops)
-    if (isa == Isa::kAvx2) JAXSPARSE_SDDMM_BY_D(avx2, Avx2Ops)
-  }
-#endif
-  (void)isa;
-  JAXSPARSE_SDDMM_BY_D(generic, GenericOps<Accum<T>>)
+  JAXSPARSE_ISA_CALL(isa, T, SddmmItemsByD, a, begin, end);
 }
-#undef JAXSPARSE_SDDMM_BY_D
 
 }  // namespace
 

@@ -33,40 +33,17 @@ void ZeroPadding(T* out, int64_t batch, int64_t cap, int64_t nnz) {
   }
 }
 
-// The row kernels of one instruction set (double through the generic struct: its
-// exp is std::exp, as the float64 reference's).
-#define JAXSPARSE_SOFTMAX_ISA(CALL)                                        \
-  do {                                                                     \
-    if constexpr (std::is_same_v<T, double>) {                             \
-      if (isa == Isa::kAvx512) return avx512::CALL<GenericOps<double>>;    \
-      if (isa == Isa::kAvx2) return avx2::CALL<GenericOps<double>>;        \
-    } else {                                                               \
-      if (isa == Isa::kAvx512) return avx512::CALL<Avx512Ops>;             \
-      if (isa == Isa::kAvx2) return avx2::CALL<Avx2Ops>;                   \
-    }                                                                      \
-    return generic::CALL<GenericOps<Accum<T>>>;                            \
-  } while (0)
-
+// double goes through GenericOps<double>, whose exp is std::exp, as the float64
+// reference's.
 template <typename T>
-auto SoftmaxRowFn(Isa isa) -> void (*)(const T*, T*, int32_t) {
-#if JAXSPARSE_HAVE_X86_SIMD
-  JAXSPARSE_SOFTMAX_ISA(SoftmaxRow);
-#else
-  (void)isa;
-  return generic::SoftmaxRow<GenericOps<Accum<T>>>;
-#endif
+void RunItems(Isa isa, const SoftmaxArgs<T>& a, int64_t begin, int64_t end) {
+  JAXSPARSE_ISA_CALL(isa, T, SoftmaxItems, a, begin, end);
 }
 
 template <typename T>
-auto SoftmaxGradRowFn(Isa isa) -> void (*)(const T*, const T*, T*, int32_t) {
-#if JAXSPARSE_HAVE_X86_SIMD
-  JAXSPARSE_SOFTMAX_ISA(SoftmaxGradRow);
-#else
-  (void)isa;
-  return generic::SoftmaxGradRow<GenericOps<Accum<T>>>;
-#endif
+void RunGradItems(Isa isa, const SoftmaxGradArgs<T>& a, int64_t begin, int64_t end) {
+  JAXSPARSE_ISA_CALL(isa, T, SoftmaxGradItems, a, begin, end);
 }
-#undef JAXSPARSE_SOFTMAX_ISA
 
 }  // namespace
 
@@ -76,17 +53,9 @@ int SoftmaxCpu(const SoftmaxArgs<T>& a, const TaskRunner* runner) {
   const int64_t nnz = a.m > 0 ? a.row_offsets[a.m] : 0;
   ZeroPadding(a.out, a.batch, a.cap, nnz);
   if (a.m <= 0 || nnz == 0) return 0;
-  const auto row = SoftmaxRowFn<T>(SelectedIsa());
+  const Isa isa = SelectedIsa();
   ParallelFor(runner, a.batch * a.m, kWorkPerEntry * static_cast<double>(nnz) * a.batch,
-              [&](int64_t begin, int64_t end) {
-                for (int64_t item = begin; item < end; ++item) {
-                  const int64_t bb = item / a.m;
-                  const int32_t r = a.row_indices[item - bb * a.m];
-                  const int32_t j = a.row_offsets[r];
-                  row(a.values + bb * a.values_batch_stride + j, a.out + bb * a.cap + j,
-                      a.row_offsets[r + 1] - j);
-                }
-              });
+              [&](int64_t begin, int64_t end) { RunItems<T>(isa, a, begin, end); });
   return 0;
 }
 
@@ -96,17 +65,9 @@ int SoftmaxGradCpu(const SoftmaxGradArgs<T>& a, const TaskRunner* runner) {
   const int64_t nnz = a.m > 0 ? a.row_offsets[a.m] : 0;
   ZeroPadding(a.out, a.batch, a.cap, nnz);
   if (a.m <= 0 || nnz == 0) return 0;
-  const auto row = SoftmaxGradRowFn<T>(SelectedIsa());
+  const Isa isa = SelectedIsa();
   ParallelFor(runner, a.batch * a.m, 4.0 * static_cast<double>(nnz) * a.batch,
-              [&](int64_t begin, int64_t end) {
-                for (int64_t item = begin; item < end; ++item) {
-                  const int64_t bb = item / a.m;
-                  const int32_t r = a.row_indices[item - bb * a.m];
-                  const int32_t j = a.row_offsets[r];
-                  row(a.y + bb * a.y_batch_stride + j, a.g + bb * a.g_batch_stride + j,
-                      a.out + bb * a.cap + j, a.row_offsets[r + 1] - j);
-                }
-              });
+              [&](int64_t begin, int64_t end) { RunGradItems<T>(isa, a, begin, end); });
   return 0;
 }
 

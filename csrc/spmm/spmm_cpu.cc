@@ -11,6 +11,7 @@
 #include "spmm/spmm_cpu.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -58,32 +59,12 @@ constexpr int64_t kPadBytes = 64;
 template <typename T>
 void RunBlockedItems(Isa isa, const SpmmArgs<T>& a, const SpmmPlan<T>& plan, int64_t begin,
                      int64_t end, Accum<T>* tile, int32_t* cursor) {
-#if JAXSPARSE_HAVE_X86_SIMD
-  if constexpr (std::is_same_v<T, double>) {
-    if (isa == Isa::kAvx512) return avx512::SpmmBlockedItems<GenericOps<double>>(a, plan, begin, end, tile, cursor);
-    if (isa == Isa::kAvx2) return avx2::SpmmBlockedItems<GenericOps<double>>(a, plan, begin, end, tile, cursor);
-  } else {
-    if (isa == Isa::kAvx512) return avx512::SpmmBlockedItems<Avx512Ops>(a, plan, begin, end, tile, cursor);
-    if (isa == Isa::kAvx2) return avx2::SpmmBlockedItems<Avx2Ops>(a, plan, begin, end, tile, cursor);
-  }
-#endif
-  (void)isa;
-  generic::SpmmBlockedItems<GenericOps<Accum<T>>>(a, plan, begin, end, tile, cursor);
+  JAXSPARSE_ISA_CALL(isa, T, SpmmBlockedItems, a, plan, begin, end, tile, cursor);
 }
 
 template <typename T>
 void RunItems(Isa isa, const SpmmArgs<T>& a, const SpmmPlan<T>& plan, int64_t begin, int64_t end) {
-#if JAXSPARSE_HAVE_X86_SIMD
-  if constexpr (std::is_same_v<T, double>) {
-    if (isa == Isa::kAvx512) return avx512::SpmmItems<GenericOps<double>>(a, plan, begin, end);
-    if (isa == Isa::kAvx2) return avx2::SpmmItems<GenericOps<double>>(a, plan, begin, end);
-  } else {
-    if (isa == Isa::kAvx512) return avx512::SpmmItems<Avx512Ops>(a, plan, begin, end);
-    if (isa == Isa::kAvx2) return avx2::SpmmItems<Avx2Ops>(a, plan, begin, end);
-  }
-#endif
-  (void)isa;
-  generic::SpmmItems<GenericOps<Accum<T>>>(a, plan, begin, end);
+  JAXSPARSE_ISA_CALL(isa, T, SpmmItems, a, plan, begin, end);
 }
 
 template <typename S, typename D>
@@ -133,24 +114,27 @@ constexpr int64_t kRowBlock = 256;
 constexpr double kMinPerBlock = 8.0;
 constexpr int64_t kMaxRowBlock = 1024;
 
-// Returns true when it computed columns [0, plan->num_strips * strip width) with
-// the k-blocked kernel; plan->col_begin is then where the rest starts.
+enum class Blocked { kNotUsed, kDone, kNoMemory };
+
+// kDone when it computed columns [0, plan->num_strips * strip width) with the
+// k-blocked kernel (plan->col_begin is then where the rest starts); kNoMemory when
+// a thread could not allocate its tile.
 template <typename T>
-bool SpmmBlocked(const SpmmArgs<T>& a, SpmmPlan<T>* plan, Isa isa, const TaskRunner* runner) {
+Blocked SpmmBlocked(const SpmmArgs<T>& a, SpmmPlan<T>* plan, Isa isa, const TaskRunner* runner) {
   if constexpr (!std::is_same_v<T, float> && !std::is_same_v<T, double>) {
-    return false;
+    return Blocked::kNotUsed;
   } else {
     const int64_t lanes = (std::is_same_v<T, float> && isa == Isa::kAvx512) ? 16 : 8;
     const int64_t sw = 8 * lanes;
     const int64_t strips = a.n / sw;
-    if (strips == 0) return false;
+    if (strips == 0) return Blocked::kNotUsed;
     const int64_t nnz = a.row_offsets[a.m];
     const int64_t kc = std::max<int64_t>(8, kTileBytes / (sw * static_cast<int64_t>(sizeof(T))));
     // Average nonzeros of a row inside one k block: below a few, the tile copy and
     // the output read-modify-writes cost more than the L1 reuse gains.
     const double per_block = static_cast<double>(nnz) / a.m * std::min<int64_t>(kc, a.k) / a.k;
-    if (per_block < kMinPerBlock) return false;
-    if (!ColumnsSortedInRows(a.row_offsets, a.column_indices, a.m)) return false;
+    if (per_block < kMinPerBlock) return Blocked::kNotUsed;
+    if (!ColumnsSortedInRows(a.row_offsets, a.column_indices, a.m)) return Blocked::kNotUsed;
     plan->num_strips = strips;
     plan->k_block = kc;
     plan->row_block = std::min<int64_t>({kRowBlock, kMaxRowBlock, a.m});
@@ -158,14 +142,20 @@ bool SpmmBlocked(const SpmmArgs<T>& a, SpmmPlan<T>* plan, Isa isa, const TaskRun
     const int64_t num_items = a.batch * strips * plan->num_row_blocks;
     const double work = 2.0 * static_cast<double>(nnz) * sw * strips * a.batch;
     const SpmmPlan<T>& pl = *plan;
+    std::atomic<bool> no_memory{false};
     ParallelFor(runner, num_items, work, [&](int64_t begin, int64_t end) {
       static thread_local int32_t cursor[kMaxRowBlock];
       auto* tile = static_cast<Accum<T>*>(
           ThreadScratch(kTileSlot, static_cast<size_t>(kc * sw * sizeof(Accum<T>))));
+      if (tile == nullptr) {
+        no_memory.store(true, std::memory_order_relaxed);
+        return;
+      }
       RunBlockedItems<T>(isa, a, pl, begin, end, tile, cursor);
     });
+    if (no_memory.load()) return Blocked::kNoMemory;
     plan->col_begin = strips * sw;
-    return true;
+    return Blocked::kDone;
   }
 }
 
@@ -207,7 +197,7 @@ int SpmmNarrowHalf(const SpmmArgs<T>& a, const TaskRunner* runner) {
   f.m = a.m;
   f.k = a.k;
   f.n = a.n;
-  SpmmCpu<float>(f, runner);
+  if (SpmmCpu<float>(f, runner) != 0) return 1;
   Convert(isa, static_cast<const float*>(out), a.out, a.batch * a.m * a.n);
   return 0;
 }
@@ -223,7 +213,9 @@ int SpmmCpu(const SpmmArgs<T>& a, const TaskRunner* runner) {
   const int64_t elem = static_cast<int64_t>(sizeof(T));
   SpmmPlan<T> plan{a.dense, a.n, a.dense_batch_stride, a.n, 1};
   const Isa isa = SelectedIsa();
-  if (SpmmBlocked(a, &plan, isa, runner)) {
+  const Blocked blocked = SpmmBlocked(a, &plan, isa, runner);
+  if (blocked == Blocked::kNoMemory) return 1;
+  if (blocked == Blocked::kDone) {
     if (plan.col_begin >= a.n) return 0;
     plan.col_block = a.n - plan.col_begin;  // the remaining (< one strip) columns
     plan.num_col_blocks = 1;

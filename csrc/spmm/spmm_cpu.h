@@ -26,8 +26,8 @@ struct SpmmArgs {
   int64_t n = 0;
 };
 
-// T is float, double, Half or BFloat16. Returns 0. The topology must have been
-// validated by the caller.
+// T is float, double, Half or BFloat16. Returns 0, or 1 when a scratch buffer
+// could not be allocated. The topology must have been validated by the caller.
 template <typename T>
 int SpmmCpu(const SpmmArgs<T>& args, const TaskRunner* runner);
 
