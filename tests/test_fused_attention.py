@@ -69,10 +69,12 @@ def _check(out, ref, dtype, q, k, v):
   np.testing.assert_allclose(np.asarray(out, np.float64), ref, rtol=tol, atol=tol * scale)
 
 
-# head dims: 16/48/64/80/96/128 take the register-blocked kernels (AVX-512: 1, 3, 4,
-# 5, 6, 8 vectors), 5 / 24 / (64, 32) the generic ones.
-@pytest.mark.parametrize("d,dv", [(16, 16), (48, 48), (64, 64), (80, 80), (96, 96), (128, 128),
-                                  (5, 5), (24, 24), (64, 32)], ids=str)
+# head dims (AVX-512 float, 16 lanes): 16/48/64/80/96/112/128 take the register-
+# blocked kernels with 1, 3, 4, 5, 6, 7, 8 whole vectors; 24/40/72 the same with a
+# partial last vector (2, 3, 5 vectors); 5 and (64, 32) the generic ones.
+@pytest.mark.parametrize("d,dv", [(16, 16), (48, 48), (64, 64), (80, 80), (96, 96), (112, 112),
+                                  (128, 128), (24, 24), (40, 40), (72, 72), (5, 5), (64, 32)],
+                         ids=str)
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 def test_matches_oracle(rng, d, dv, causal):
   m, n, heads = 19, 23, 2
@@ -130,9 +132,11 @@ def test_grouped_query_and_broadcast_batch(rng):
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
-# float64 vectors are 8 lanes: 16, 24, 40, 48 are 2, 3, 5, 6 of them.
-@pytest.mark.parametrize("d", [16, 24, 40, 48, 6], ids=["regs2", "regs3", "regs5", "regs6",
-                                                        "generic"])
+# float64 vectors are 8 lanes: 16, 24, 40, 48, 56 are 2, 3, 5, 6, 7 of them; 20
+# and 60 are 3 and 8 with the last partial; 6 (one partial vector) is generic.
+@pytest.mark.parametrize("d", [16, 24, 40, 48, 56, 20, 60, 6],
+                         ids=["regs2", "regs3", "regs5", "regs6", "regs7", "regs3-partial",
+                              "regs8-partial", "generic"])
 def test_grads_match_oracle_float64(rng, causal, d):
   m, n, heads = 11, 11, 2
   mask = _mask(rng, m, n, 0.4, empty_rows=(4,))
@@ -190,7 +194,8 @@ MASKS = {
 
 
 @pytest.mark.parametrize("mask_kind", list(MASKS))
-@pytest.mark.parametrize("d,kv_heads", [(16, 4), (6, 2)], ids=["regs-mha", "generic-gqa"])
+@pytest.mark.parametrize("d,kv_heads", [(16, 4), (24, 2), (6, 2)],
+                         ids=["regs-mha", "regs-partial-gqa", "generic-gqa"])
 def test_mask_matches_unfused(rng, mask_kind, kv_heads, d):
   """A mask runs on the fused path (one byte per stored entry), equal to the unfused
   path forward and backward; rows left with no key give zeros."""
