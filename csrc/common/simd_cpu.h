@@ -68,6 +68,12 @@ inline Isa SelectedIsa() {
 template <typename A>
 struct GenericOps {
   static constexpr int kLanes = 8;
+  // Whether kernels instantiate their fully unrolled, compile-time-width variants
+  // (register-blocked attention, constant-d SDDMM) for this struct. Not for these
+  // plain loops: GCC spends minutes per variant on them (their RTL passes grow
+  // with the unrolled code), and they are the fallback (the baseline ISA and
+  // float64), where the run-time-width kernels are fast enough.
+  static constexpr bool kUnrolledKernels = false;
   using Narrow = GenericOps;  // the struct for rows of at most half a vector
   struct V {
     A x[kLanes];
@@ -152,6 +158,7 @@ struct GenericOps {
 #define JAXSPARSE_AVX2_FN static JAXSPARSE_ALWAYS_INLINE JAXSPARSE_TARGET_AVX2
 struct Avx2Ops {
   static constexpr int kLanes = 8;
+  static constexpr bool kUnrolledKernels = true;
   using Narrow = Avx2Ops;
   using V = __m256;
   JAXSPARSE_AVX2_FN V Zero() { return _mm256_setzero_ps(); }
@@ -216,6 +223,7 @@ struct Avx2Ops {
 #define JAXSPARSE_AVX512_FN static JAXSPARSE_ALWAYS_INLINE JAXSPARSE_TARGET_AVX512
 struct Avx512Ops {
   static constexpr int kLanes = 16;
+  static constexpr bool kUnrolledKernels = true;
   // 8 columns or fewer: 256-bit vectors (one load uop each on CPUs that split 512-bit loads).
   using Narrow = Avx2Ops;
   using V = __m512;
