@@ -75,14 +75,14 @@ run_step() {
     build) step build 1200 env JAXSPARSE_CUDA=ON "$PY" -m pip install --no-build-isolation -v . ;;
     kernels) step kernels 300 kernels ;;
     test) step test "${TEST_TIMEOUT:-1800}" env JAX_PLATFORMS=cuda JAXSPARSE_REQUIRE_GPU=1 \
-            "$PY" -P -m pytest -q tests ;;
+            "$PY" -P -m pytest -q -n 0 tests ;;
     # The platform allocator gives every buffer its own cudaMalloc, so memcheck
     # sees accesses past a buffer; autotuning off keeps XLA's own kernels quick.
     memcheck) step memcheck "${MEMCHECK_TIMEOUT:-1800}" env JAX_PLATFORMS=cuda \
                 JAXSPARSE_REQUIRE_GPU=1 XLA_PYTHON_CLIENT_ALLOCATOR=platform \
                 XLA_FLAGS=--xla_gpu_autotune_level=0 \
                 compute-sanitizer --tool memcheck --error-exitcode 99 --report-api-errors no \
-                "$PY" -P -m pytest -x -q tests/test_spmm.py tests/test_sddmm.py tests/test_softmax.py ;;
+                "$PY" -P -m pytest -x -q -n 0 tests/test_spmm.py tests/test_sddmm.py tests/test_softmax.py ;;
     bench)
       if [ -f benchmarks/bench_gpu.py ]; then
         step bench "${BENCH_TIMEOUT:-1800}" env JAX_PLATFORMS=cuda "$PY" -P benchmarks/bench_gpu.py --all-ops --out "$OUT"

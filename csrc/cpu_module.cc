@@ -1,6 +1,8 @@
-// pybind11 module jaxsparse._jaxsparse_cpu: registrations() -> {FFI target name: capsule}.
+// pybind11 module jaxsparse._jaxsparse_cpu: registrations() -> {FFI target name: capsule},
+// and instruction_set() -> the kernels' instruction set in this process.
 #include <pybind11/pybind11.h>
 
+#include "common/simd_cpu.h"
 #include "xla/ffi/api/c_api.h"
 
 extern "C" {
@@ -35,4 +37,12 @@ PYBIND11_MODULE(_jaxsparse_cpu, m) {
     d["jaxsparse_attention_bwd_cpu"] = EncapsulateHandler(JaxsparseAttentionBwdCpu);
     return d;
   }, "Returns {FFI target name: PyCapsule} for jax.ffi.register_ffi_target(..., platform='cpu').");
+  m.def("instruction_set", []() {
+    switch (jaxsparse::cpu::SelectedIsa()) {
+      case jaxsparse::cpu::Isa::kAvx512: return "avx512";
+      case jaxsparse::cpu::Isa::kAvx2: return "avx2";
+      default: return "generic";
+    }
+  }, "The instruction set the CPU kernels run with: 'avx512', 'avx2' or 'generic' (the best "
+     "this CPU has, capped by JAXSPARSE_CPU_ISA).");
 }

@@ -6,7 +6,7 @@ rules, so they compose with `jit`, `grad` and `vmap`.
 """
 
 from jaxsparse._src.csr import CSR, Topology
-from jaxsparse._src.ffi import has_kernels
+from jaxsparse._src.ffi import cpu_instruction_set, has_kernels
 from jaxsparse._src.sddmm import sddmm
 from jaxsparse._src.softmax import sparse_softmax
 from jaxsparse._src.spmm import spmm
@@ -16,5 +16,5 @@ from jaxsparse.attention import sparse_dot_product_attention
 
 __version__ = "0.1.0"
 
-__all__ = ["CSR", "Topology", "has_kernels", "io", "patterns", "pruning", "sddmm",
+__all__ = ["CSR", "Topology", "cpu_instruction_set", "has_kernels", "io", "patterns", "pruning", "sddmm",
            "sparse_dot_product_attention", "sparse_softmax", "spmm", "transpose"]

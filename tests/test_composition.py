@@ -3,7 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.test_util import check_grads
+from jaxsparse.testing import check_grads
 
 import jaxsparse as js
 from jaxsparse import testing as jst

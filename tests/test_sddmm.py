@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.test_util import check_grads
+from jaxsparse.testing import check_grads
 
 import jaxsparse as js
 from jaxsparse import testing as jst

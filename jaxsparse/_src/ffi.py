@@ -52,6 +52,16 @@ def has_kernels(platform: str) -> bool:
   return bool(_registered(platform))
 
 
+def cpu_instruction_set() -> str | None:
+  """The instruction set of the CPU kernels in this process: "avx512", "avx2" or
+  "generic" (the best this CPU supports, capped by JAXSPARSE_CPU_ISA), or None
+  when there are no CPU kernels."""
+  mod, _ = _load("cpu")
+  if mod is None or not has_kernels("cpu"):
+    return None
+  return mod.instruction_set()
+
+
 class ShardingSpec:
   """How a primitive partitions: the factors of its operands' and result's core dims.
 
