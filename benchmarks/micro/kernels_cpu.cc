@@ -4,12 +4,13 @@
 // repository root (two builds of different sources give an A/B pair):
 //
 //   g++ -O3 -std=c++17 -Icsrc benchmarks/micro/kernels_cpu.cc csrc/spmm/spmm_cpu.cc \
-//       csrc/sddmm/sddmm_cpu.cc csrc/common/parallel_cpu.cc -lpthread -o /tmp/kernels_cpu
+//       csrc/sddmm/sddmm_cpu.cc csrc/common/parallel_cpu.cc csrc/common/scan_cpu.cc \
+//       -lpthread -o /tmp/kernels_cpu
 //   /tmp/kernels_cpu spmm  M K N DENSITY [THREADS]    # C[M,N] = A[M,K] @ B[K,N]
 //   /tmp/kernels_cpu sddmm M N D DENSITY [THREADS]    # (L[M,D] @ R[N,D]^T) at A's nonzeros
 //
 // THREADS = 1 runs on the caller alone; > 1 uses the process-wide pool (the
-// machine's cores). Prints the best of 5 repeats of 2000 calls, in microseconds.
+// machine's cores). Prints the best of 5 repeats (each ~0.2 s of calls), in microseconds.
 // JAXSPARSE_CPU_ISA=avx2|generic caps the instruction set as in the library.
 #include <algorithm>
 #include <chrono>
@@ -69,16 +70,25 @@ Topo RandomTopo(int m, int k, double density, std::mt19937* rng) {
   return t;
 }
 
+// Best of 5 repeats of the mean time per call; each repeat makes enough calls to
+// last about 0.2 s (at least 10), after a warm-up of 0.1 s.
 template <typename F>
 double BestMicros(F&& call) {
-  for (int i = 0; i < 20; ++i) call();
+  using Clock = std::chrono::steady_clock;
+  const auto w0 = Clock::now();
+  int warm = 0;
+  while (warm < 5 || Clock::now() - w0 < std::chrono::milliseconds(100)) {
+    call();
+    ++warm;
+  }
+  const double per_call = std::chrono::duration<double>(Clock::now() - w0).count() / warm;
+  const int calls = std::max(10, static_cast<int>(0.2 / per_call));
   double best = 1e30;
   for (int rep = 0; rep < 5; ++rep) {
-    const auto t0 = std::chrono::steady_clock::now();
-    for (int i = 0; i < 2000; ++i) call();
-    const double us =
-        std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
-    best = std::min(best, us / 2000);
+    const auto t0 = Clock::now();
+    for (int i = 0; i < calls; ++i) call();
+    const double us = std::chrono::duration<double, std::micro>(Clock::now() - t0).count();
+    best = std::min(best, us / calls);
   }
   return best;
 }
