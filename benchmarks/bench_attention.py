@@ -139,7 +139,8 @@ def main(argv=None):
   import jaxlib
   meta = dict(date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
               jax=jax.__version__, jaxlib=jaxlib.__version__, jaxsparse=js.__version__,
-              python=platform.python_version(), cpu=C.cpu_model(), isa=js.cpu_instruction_set(), nproc=os.cpu_count(),
+              python=platform.python_version(), cpu=C.cpu_model(),
+              isa=js.cpu_instruction_set(), nproc=os.cpu_count(),
               kernels=js.has_kernels("cpu"), T=T, heads=H, head_dim=D, window=W, batch=B,
               causal=args.causal, nnz=nnz, density=nnz / (T * T), dtype="float32",
               repeats=args.repeats, min_time_s=args.min_time,
@@ -149,7 +150,8 @@ def main(argv=None):
               command=" ".join([sys.executable] + sys.argv))
   lines = [f"## Attention on CPU: T={T}, heads={H}, head_dim={D}, window={W}, batch={B}"
            f"{', causal' if args.causal else ''} (density {nnz / (T * T):.3f})", "",
-           f"{meta['cpu']} ({meta['isa']} kernels), {meta['nproc']} cores; jax {jax.__version__}; times: median ms; "
+           f"{meta['cpu']} ({meta['isa']} kernels), "
+           f"{meta['nproc']} cores; jax {jax.__version__}; times: median ms; "
            "peak: compiled temp+args+outputs, MiB; x = method / jaxsparse (fused, the "
            "default).", "",
            "| mode | method | ms | time x | peak MiB | memory x |", "|---|---|---|---|---|---|"]

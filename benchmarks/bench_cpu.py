@@ -231,7 +231,8 @@ def markdown(rows, summary, op, meta):
   peers = C.table_peers(rows, PEERS[op])
   path = "C++ FFI kernels" if meta["kernels"] else "jax.numpy reference lowering, no kernels"
   lines = [f"## jaxsparse {op} on CPU ({path}; {meta['dtype']})", "",
-           f"{meta['cpu']} ({meta['isa']} kernels), {meta['nproc']} cores; jax {meta['jax']}; {UNIT_DOC[op]}; "
+           f"{meta['cpu']} ({meta['isa']} kernels), "
+           f"{meta['nproc']} cores; jax {meta['jax']}; {UNIT_DOC[op]}; "
            "times are medians in ms; x = peer time / jaxsparse time (> 1: jaxsparse faster).",
            ""]
   lines += C.rows_table(rows, op, peers, [(unit, lambda r: C.fmt(r["rate"]["jaxsparse"]))])
@@ -282,7 +283,8 @@ def main(argv=None):
   if args.sweep:
     res = sweep(args, dtype)
     res["meta"] = dict(date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-                       jax=jax.__version__, cpu=C.cpu_model(), isa=js.cpu_instruction_set(), nproc=os.cpu_count(),
+                       jax=jax.__version__, cpu=C.cpu_model(),
+                       isa=js.cpu_instruction_set(), nproc=os.cpu_count(),
                        kernels=js.has_kernels("cpu"), dtype=args.dtype,
                        command=" ".join([sys.executable] + sys.argv))
     print(sweep_markdown(res))
@@ -319,7 +321,8 @@ def main(argv=None):
       date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
       op=args.op, dtype=args.dtype, jax=jax.__version__, jaxlib=jaxlib.__version__,
       jaxsparse=js.__version__, numpy=np.__version__, scipy=scipy.__version__,
-      python=platform.python_version(), cpu=C.cpu_model(), isa=js.cpu_instruction_set(), nproc=os.cpu_count(),
+      python=platform.python_version(), cpu=C.cpu_model(),
+      isa=js.cpu_instruction_set(), nproc=os.cpu_count(),
       affinity=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
       kernels=kernels, path="kernels" if kernels else "reference",
       command=" ".join([sys.executable] + sys.argv),

@@ -113,7 +113,8 @@ def main(argv=None):
   import jaxlib
   meta = dict(date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
               jax=jax.__version__, jaxlib=jaxlib.__version__, jaxsparse=js.__version__,
-              python=platform.python_version(), cpu=C.cpu_model(), isa=js.cpu_instruction_set(), nproc=os.cpu_count(),
+              python=platform.python_version(), cpu=C.cpu_model(),
+              isa=js.cpu_instruction_set(), nproc=os.cpu_count(),
               kernels=js.has_kernels("cpu"), T=T, heads=H, head_dim=D, window=W, batch=B,
               dtype="float32", repeats=args.repeats, min_time_s=args.min_time,
               timed="one jitted decode step (q/k/v/out projections included; cache donated) "
@@ -122,7 +123,8 @@ def main(argv=None):
               command=" ".join([sys.executable] + sys.argv))
   lines = [f"## One decoding step on CPU: cache T={T}, heads={H}, head_dim={D}, causal "
            f"window={W}, batch={B}", "",
-           f"{meta['cpu']} ({meta['isa']} kernels), {meta['nproc']} cores; jax {jax.__version__}; median ms.", "",
+           f"{meta['cpu']} ({meta['isa']} kernels), "
+           f"{meta['nproc']} cores; jax {jax.__version__}; median ms.", "",
            "| position | keys attended | jaxsparse ms | dense + mask ms | x |",
            "|---|---|---|---|---|"]
   for r in rows:

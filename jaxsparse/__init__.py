@@ -16,5 +16,5 @@ from jaxsparse.attention import sparse_dot_product_attention
 
 __version__ = "0.1.0"
 
-__all__ = ["CSR", "Topology", "cpu_instruction_set", "has_kernels", "io", "patterns", "pruning", "sddmm",
-           "sparse_dot_product_attention", "sparse_softmax", "spmm", "transpose"]
+__all__ = ["CSR", "Topology", "cpu_instruction_set", "has_kernels", "io", "patterns", "pruning",
+           "sddmm", "sparse_dot_product_attention", "sparse_softmax", "spmm", "transpose"]

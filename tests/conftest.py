@@ -14,15 +14,17 @@ _FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitter
 
 
 def _use_fast_compile():
-  if os.environ.get("JAXSPARSE_TEST_XLA_DEFAULTS") == "1" or "JAXSPARSE_TEST_FAST_COMPILE" in os.environ:
+  if (os.environ.get("JAXSPARSE_TEST_XLA_DEFAULTS") == "1"
+      or "JAXSPARSE_TEST_FAST_COMPILE" in os.environ):  # decided already (xdist controller)
     return
   platforms = os.environ.get("JAX_PLATFORMS", "")
   use = platforms in ("", "cpu")
   if use:
     flags = (os.environ.get("XLA_FLAGS", "") + " " + _FAST_COMPILE).strip()
-    probe = subprocess.run([sys.executable, "-c", "import jax; jax.numpy.ones(1).block_until_ready()"],
-                           env=dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu"),
-                           capture_output=True, timeout=120)
+    probe = subprocess.run(
+        [sys.executable, "-c", "import jax; jax.numpy.ones(1).block_until_ready()"],
+        env=dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu"), capture_output=True,
+        timeout=120)
     use = probe.returncode == 0
     if use:
       os.environ["XLA_FLAGS"] = flags
@@ -30,6 +32,8 @@ def _use_fast_compile():
 
 
 _use_fast_compile()
+# Several xdist workers would each claim most of a GPU's memory up front.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import jax  # noqa: E402  (after XLA_FLAGS)
 import pytest  # noqa: E402
