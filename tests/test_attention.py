@@ -8,11 +8,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jaxsparse.testing import check_grads
 
 import jaxsparse as js
 from jaxsparse import patterns
 from jaxsparse.attention import sparse_dot_product_attention as sdpa
+from jaxsparse.testing import check_grads
 
 
 def _qkv(rng, batch, q_len, kv_len, heads, d, dtype=np.float32, kv_heads=None, dv=None):

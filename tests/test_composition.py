@@ -3,10 +3,10 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxsparse.testing import check_grads
 
 import jaxsparse as js
 from jaxsparse import testing as jst
+from jaxsparse.testing import check_grads
 
 
 def _attention(topology, q, k, v):

@@ -15,13 +15,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jaxsparse.testing import check_grads
 
 import jaxsparse as js
 from jaxsparse import patterns
 from jaxsparse._src import fused_attention as fa
 from jaxsparse.attention import sparse_dot_product_attention as sdpa
-from jaxsparse.testing import tolerance
+from jaxsparse.testing import check_grads, tolerance
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

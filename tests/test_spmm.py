@@ -4,10 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jaxsparse.testing import check_grads
 
 import jaxsparse as js
 from jaxsparse import testing as jst
+from jaxsparse.testing import check_grads
 
 DTYPES = [np.float32, np.float64, np.float16, jnp.bfloat16]
 

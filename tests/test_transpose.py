@@ -3,10 +3,10 @@
 import jax
 import numpy as np
 import pytest
-from jaxsparse.testing import check_grads
 
 import jaxsparse as js
 from jaxsparse import testing as jst
+from jaxsparse.testing import check_grads
 
 
 @pytest.mark.parametrize("case", jst.CASES, ids=lambda c: c.name)
