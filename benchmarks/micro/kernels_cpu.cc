@@ -3,9 +3,9 @@
 // cost and with less noise than the end-to-end benchmarks. Build and run from the
 // repository root (two builds of different sources give an A/B pair):
 //
-//   g++ -O3 -std=c++17 -Icsrc benchmarks/micro/kernels_cpu.cc csrc/spmm/spmm_cpu.cc \
-//       csrc/sddmm/sddmm_cpu.cc csrc/common/parallel_cpu.cc csrc/common/scan_cpu.cc \
-//       -lpthread -o /tmp/kernels_cpu
+//   g++ -O3 -fno-trapping-math -std=c++17 -Icsrc benchmarks/micro/kernels_cpu.cc \
+//       csrc/spmm/spmm_cpu.cc csrc/sddmm/sddmm_cpu.cc csrc/common/parallel_cpu.cc \
+//       csrc/common/scan_cpu.cc -lpthread -o /tmp/kernels_cpu
 //   /tmp/kernels_cpu spmm  M K N DENSITY [THREADS]    # C[M,N] = A[M,K] @ B[K,N]
 //   /tmp/kernels_cpu sddmm M N D DENSITY [THREADS]    # (L[M,D] @ R[N,D]^T) at A's nonzeros
 //

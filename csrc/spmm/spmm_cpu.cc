@@ -55,6 +55,11 @@ constexpr int64_t kStripMultiple = 128;
 // stride is cache-hostile; the copy buffer is kept per calling thread.
 constexpr int64_t kMaxPackBytes = 64 << 20;
 constexpr int64_t kPadBytes = 64;
+// The copy pays only when each dense row is read by at least this many nonzeros.
+// Measured on Zen 4 (2 threads, 512 x 512, N = 2048; benchmarks/NOTES.md change
+// 23): at 10 and 24 uses per row the unpacked operand was 1.1-2.3x faster, at 46
+// and 102 the copy was 1.07-1.17x faster.
+constexpr int64_t kPackMinUses = 32;
 
 template <typename T>
 void RunBlockedItems(Isa isa, const SpmmArgs<T>& a, const SpmmPlan<T>& plan, int64_t begin,
@@ -237,9 +242,9 @@ int SpmmCpu(const SpmmArgs<T>& a, const TaskRunner* runner) {
   const int64_t ldb_padded = a.n + kPadBytes / elem;
   const int64_t pack_bytes = dense_batches * a.k * ldb_padded * elem;
   // Copy only when it pays: blocked columns, a stride that is a multiple of 2 KiB,
-  // and enough nonzeros to reuse each dense row several times.
+  // and enough nonzeros to reuse each dense row many times.
   if (plan.num_col_blocks > 1 && (a.n * elem) % 2048 == 0 && pack_bytes <= kMaxPackBytes &&
-      nnz * a.batch >= 4 * a.k * dense_batches) {
+      nnz * a.batch >= kPackMinUses * a.k * dense_batches) {
     T* packed = static_cast<T*>(ThreadScratch(kPackSlot, static_cast<size_t>(pack_bytes)));
     if (packed != nullptr) {
       const int64_t rows = dense_batches * a.k;
