@@ -71,18 +71,18 @@ def test_spmm_widths(n, dtype, rng):
   jst.assert_close(jax.jit(js.spmm)(a, b), ref, scale, dtype, f"spmm n={n}")
 
 
-
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("density", [0.01, 0.04], ids=["unpacked", "packed"])
 def test_spmm_column_blocks(density, dtype, rng):
   # A dense operand wider than the L2 panel (k x n x elem > 512 KiB) is split into
   # column blocks; its 4 or 8 KiB row stride is copied to a padded stride only when
-  # each dense row is read by >= 32 nonzeros (40 at density 0.04, 10 at 0.01). Rows
-  # of 2.5 or 10 nonzeros stay on the row path under every instruction set.
+  # each dense row is read by >= 32 nonzeros (about 36 at density 0.04, 9 at 0.01).
+  # Rows of about 9 or 2.3 nonzeros stay on the row path under every instruction set.
   a = jst.random_csr(rng, 1024, 256, density, dtype, empty_rows=0.1)
   b = _b(rng, 256, 1024, dtype)
   ref, scale = jst.spmm_oracle(a, b)
   jst.assert_close(jax.jit(js.spmm)(a, b), ref, scale, dtype, f"spmm density={density}")
+
 
 @pytest.mark.parametrize("where", ["swapped", "rotated", "duplicate"])
 def test_spmm_unsorted_columns_take_the_row_path(where, rng):
