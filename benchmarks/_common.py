@@ -295,8 +295,12 @@ UNIT_DOC = {"spmm": "useful GFLOP/s = 2*nnz*N / time",
 
 
 # -- run ------------------------------------------------------------------------------
-def run_workload(w, root, args, dtype, setup, peers, prog="bench"):
+def run_workload(w, root, args, dtype, setup, peers, prog="bench", isolated=()):
   """Checks and times jaxsparse and its peers on one workload; returns the row.
+
+  Peers in `isolated` are timed after the interleaved rounds of the others, in
+  rounds of their own: interleaved, a peer whose calls allocate hundreds of MB
+  (BCOO matmul gathers nnz x N values) slowed the methods timed after it.
 
   `setup(a, w, dtype) -> ({method: (fn, args)}, check, work)`; `check(method, out)`
   raises AssertionError if `out` is wrong. jaxsparse must be right (else abort);
@@ -329,9 +333,12 @@ def run_workload(w, root, args, dtype, setup, peers, prog="bench"):
       print(f"# {method} failed on {w['name']}: {row['errors'][method]}", file=sys.stderr)
       continue
     timed[method] = (fn, fargs)
-  for method, t in time_fns(timed, args.repeats, args.min_time, args.min_calls).items():
-    row["times_ms"][method] = t * 1e3
-    row["rate"][method] = work / t / 1e9
+  together = {k: v for k, v in timed.items() if k not in isolated}
+  apart = {k: v for k, v in timed.items() if k in isolated}
+  for group in (together, apart):
+    for method, t in time_fns(group, args.repeats, args.min_time, args.min_calls).items():
+      row["times_ms"][method] = t * 1e3
+      row["rate"][method] = work / t / 1e9
   tj = row["times_ms"]["jaxsparse"]
   for method in peers:
     if method in row["times_ms"]:
@@ -425,7 +432,7 @@ def plot(rows, op, path, meta, peers, where="CPU"):
   fig, ax = plt.subplots(figsize=(7, 4.5))
   markers = {"transformer": "o", "rn50": "s", "synthetic": "^"}
   colors = {"dense": "tab:blue", "bcsr": "tab:orange", "scipy": "tab:green",
-            "bcoo_sampled": "tab:red"}
+            "bcoo_sampled": "tab:red", "bcoo": "tab:red"}
   for p in peers:
     for model, mk in markers.items():
       pts = sorted((100 * r["sparsity"], r["ratio"][p]) for r in rows

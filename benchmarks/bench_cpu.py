@@ -62,10 +62,14 @@ import _common as C  # noqa: E402
 from _common import SDDMM_D, DTYPES, UNIT, UNIT_DOC  # noqa: E402
 
 PEERS = {
-    "spmm": ("dense", "bcsr", "scipy"),
+    "spmm": ("dense", "bcsr", "bcoo", "scipy"),
     "sddmm": ("dense", "bcoo_sampled"),
     "softmax": ("dense",),
 }
+# Timed after the other methods' interleaved rounds (see _common.run_workload): with
+# BCOO interleaved, the transformer geomean vs BCSR was 1.92x / 1.81x (N = 256 /
+# 2048) against 2.36x / 2.32x without it, in one session (benchmarks/NOTES.md, change 26).
+ISOLATED = ("bcoo",)
 SKIPPED = {
     "spmm": {},
     "sddmm": {"scipy": "scipy.sparse has no native SDDMM"},
@@ -77,6 +81,7 @@ PEER_DOC = {
               "sddmm": "jax.jit((lhs @ rhs.T) * mask)",
               "softmax": "jax.jit(jax.nn.softmax(where(mask, x, -inf)))"},
     "bcsr": {"spmm": "jax.jit(BCSR @ b), jax.experimental.sparse"},
+    "bcoo": {"spmm": "jax.jit(BCOO @ b), jax.experimental.sparse (sorted, unique indices)"},
     "bcoo_sampled": {"sddmm": "jax.jit(bcoo_dot_general_sampled)"},
     "scipy": {"spmm": "scipy.sparse.csr_array @ b (numpy, single thread)"},
 }
@@ -110,6 +115,14 @@ def setup_spmm(a: js.CSR, w: dict, dtype):
   bcsr = jsparse.BCSR((a.values, a.column_indices, a.row_offsets), shape=a.shape)
   fns["bcsr"] = ((jax.jit(lambda x, y: x @ y), (bcsr, b)) if bcsr_est <= PEER_MEMORY_LIMIT
                  else (_too_big("bcsr", bcsr_est), ()))
+  offsets = np.asarray(a.row_offsets)
+  nnz = int(offsets[-1])
+  coo = np.stack([np.repeat(np.arange(m, dtype=np.int32), np.diff(offsets)),
+                  np.asarray(a.column_indices)[:nnz]], axis=1)
+  bcoo = jsparse.BCOO((a.values[:nnz], jnp.asarray(coo)), shape=a.shape, indices_sorted=True,
+                      unique_indices=True)
+  fns["bcoo"] = ((jax.jit(lambda x, y: x @ y), (bcoo, b)) if bcsr_est <= PEER_MEMORY_LIMIT
+                 else (_too_big("bcoo", bcsr_est), ()))
   if dtype in (np.float32, np.float64, np.float16):
     fns["scipy"] = (lambda x, y: x @ y, (C.scipy_csr(a, dtype), np.asarray(b)))
   return fns, check, C.work_of("spmm", a, w, dtype)
@@ -212,7 +225,13 @@ def sweep_plot(res, path):
 
 # -- run ------------------------------------------------------------------------------
 def run_workload(w, root, args, dtype):
-  return C.run_workload(w, root, args, dtype, SETUP[args.op], PEERS[args.op], prog="bench_cpu")
+  peers = PEERS[args.op]
+
+  def setup(a, w, dtype):  # only the chosen peers (--peers) are checked and timed
+    fns, check, work = SETUP[args.op](a, w, dtype)
+    return {k: v for k, v in fns.items() if k == "jaxsparse" or k in peers}, check, work
+
+  return C.run_workload(w, root, args, dtype, setup, peers, prog="bench_cpu", isolated=ISOLATED)
 
 
 def summaries(rows, op):
@@ -259,6 +278,9 @@ def main(argv=None):
                   help="only this DLMC model (default: both)")
   ap.add_argument("--quick", action="store_true",
                   help="a handful of matrices, 3 repeats, shorter repeats")
+  ap.add_argument("--peers", default=None,
+                  help="comma-separated subset of the op's peers to time (default: all), "
+                       "e.g. --peers bcsr for a pairwise run")
   ap.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
   ap.add_argument("--repeats", type=int, default=None, help="repeats (default 7, quick 3)")
   ap.add_argument("--min-time", type=float, default=None,
@@ -270,6 +292,13 @@ def main(argv=None):
                   help="spmm only: time against nnz and against N (linearity); writes "
                        "results/cpu_sweep.json (or --out) and --plot")
   args = ap.parse_args(argv)
+  if args.peers is not None:
+    chosen = tuple(p.strip() for p in args.peers.split(",") if p.strip())
+    unknown = [p for p in chosen if p not in PEERS[args.op]]
+    if unknown or not chosen:
+      raise SystemExit(f"bench_cpu: --peers for --op {args.op} takes a subset of "
+                       f"{','.join(PEERS[args.op])}; got {args.peers!r}")
+    PEERS[args.op] = chosen
   args.repeats = args.repeats or (3 if args.quick else 7)
   args.min_time = args.min_time if args.min_time is not None else (0.05 if args.quick else 0.1)
   out_path = args.out or os.path.join(HERE, "results", f"cpu_{args.op}.json")
@@ -330,6 +359,7 @@ def main(argv=None):
       min_calls=args.min_calls, unit=UNIT_DOC[args.op],
       sddmm_d=SDDMM_D if args.op == "sddmm" else None,
       peers={p: PEER_DOC[p][args.op] for p in PEERS[args.op]},
+      timed_apart=[p for p in ISOLATED if p in PEERS[args.op]],
       skipped_peers=skipped_peers(args.op, args.dtype), ratio="peer_time / jaxsparse_time (>1: jaxsparse faster)",
       wall_s=round(time.time() - t_start, 1))
   print(markdown(rows, summary, args.op, meta))
