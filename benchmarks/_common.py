@@ -429,7 +429,7 @@ def plot(rows, op, path, meta, peers, where="CPU"):
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(7, 4.5))
+  fig, ax = plt.subplots(figsize=(9, 4.5))
   markers = {"transformer": "o", "rn50": "s", "synthetic": "^"}
   colors = {"dense": "tab:blue", "bcsr": "tab:orange", "scipy": "tab:green",
             "bcoo_sampled": "tab:red", "bcoo": "tab:red"}
@@ -454,7 +454,7 @@ def plot(rows, op, path, meta, peers, where="CPU"):
   ax.set_xlabel("sparsity (%)")
   ax.set_ylabel("speedup of jaxsparse (peer time / jaxsparse time)")
   ax.set_title(f"jaxsparse {op} on {where} ({meta['path']}, {meta['dtype']})")
-  ax.legend(fontsize=7)
+  ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the points
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, dpi=120)
