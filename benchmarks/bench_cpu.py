@@ -106,23 +106,23 @@ def setup_spmm(a: js.CSR, w: dict, dtype):
   n = w["N"]
   item = np.dtype(dtype).itemsize
   dense_est = (m * k + k * n + m * n) * item
-  bcsr_est = 2 * a.nnz * n * item + (k + m) * n * item  # gathered rows of b per nonzero
+  gather_est = 2 * a.nnz * n * item + (k + m) * n * item  # gathered rows of b per nonzero
   fns = {"jaxsparse": (jax.jit(js.spmm), (a, b))}
   if dense_est <= PEER_MEMORY_LIMIT:
     fns["dense"] = (jax.jit(jnp.matmul), (jnp.asarray(a64.toarray(), dtype), b))
   else:
     fns["dense"] = (_too_big("dense", dense_est), ())
   bcsr = jsparse.BCSR((a.values, a.column_indices, a.row_offsets), shape=a.shape)
-  fns["bcsr"] = ((jax.jit(lambda x, y: x @ y), (bcsr, b)) if bcsr_est <= PEER_MEMORY_LIMIT
-                 else (_too_big("bcsr", bcsr_est), ()))
+  fns["bcsr"] = ((jax.jit(lambda x, y: x @ y), (bcsr, b)) if gather_est <= PEER_MEMORY_LIMIT
+                 else (_too_big("bcsr", gather_est), ()))
   offsets = np.asarray(a.row_offsets)
   nnz = int(offsets[-1])
   coo = np.stack([np.repeat(np.arange(m, dtype=np.int32), np.diff(offsets)),
                   np.asarray(a.column_indices)[:nnz]], axis=1)
   bcoo = jsparse.BCOO((a.values[:nnz], jnp.asarray(coo)), shape=a.shape, indices_sorted=True,
                       unique_indices=True)
-  fns["bcoo"] = ((jax.jit(lambda x, y: x @ y), (bcoo, b)) if bcsr_est <= PEER_MEMORY_LIMIT
-                 else (_too_big("bcoo", bcsr_est), ()))
+  fns["bcoo"] = ((jax.jit(lambda x, y: x @ y), (bcoo, b)) if gather_est <= PEER_MEMORY_LIMIT
+                 else (_too_big("bcoo", gather_est), ()))
   if dtype in (np.float32, np.float64, np.float16):
     fns["scipy"] = (lambda x, y: x @ y, (C.scipy_csr(a, dtype), np.asarray(b)))
   return fns, check, C.work_of("spmm", a, w, dtype)
