@@ -219,8 +219,8 @@ def _entries(t, i: int):
   if not isinstance(topo, Topology):
     raise TypeError(f"jaxsparse.patterns.union: topologies[{i}] must be a CSR or Topology, "
                     f"got {type(t).__name__}")
-  ro = np.asarray(topo.row_offsets, np.int64)
-  ci = np.asarray(topo.column_indices, np.int64)[:ro[-1]]
+  ro = topo.host("row_offsets").astype(np.int64)
+  ci = topo.host("column_indices").astype(np.int64)[:ro[-1]]
   rows = np.repeat(np.arange(ro.shape[0] - 1, dtype=np.int64), np.diff(ro))
   return topo.shape, rows, ci
 

@@ -87,12 +87,34 @@ def test_load_smtx(dlmc_files):
 def test_pytree_and_jit_roundtrip(rng):
   a = jst.random_csr(rng, 5, 6, 0.5)
   leaves, tree = jax.tree_util.tree_flatten(a)
-  assert len(leaves) == 9
+  assert len(leaves) == 2  # values and the packed topology
   b = jax.jit(lambda a: a)(a)
   np.testing.assert_array_equal(b.todense(), a.todense())
   # Integer leaves get float0 tangents; only values are differentiable.
   g = jax.grad(lambda a: jnp.sum(a.todense() ** 2), allow_int=True)(a)
   np.testing.assert_allclose(g.values, 2 * a.values)
+
+
+def test_topology_is_one_packed_leaf_and_its_transposed_view(rng):
+  # The eight index arrays travel as one int32 leaf; .T reads the same leaf with
+  # the forward and transposed arrays swapped.
+  a = jst.random_csr(rng, 7, 5, 0.4, np.float32, empty_rows=0.3)
+  t = a.topology
+  assert len(jax.tree_util.tree_leaves(t)) == 1 and t.data.dtype == jnp.int32
+  ref = js.CSR.from_scipy(a.to_scipy().T.tocsr())
+  tt = t.T
+  assert tt.T.transposed is False and tt.data is t.data and tt.shape == (5, 7)
+  np.testing.assert_array_equal(tt.row_offsets, ref.row_offsets)
+  np.testing.assert_array_equal(tt.column_indices, ref.column_indices)
+  np.testing.assert_array_equal(tt.t_row_offsets, t.row_offsets)
+  np.testing.assert_array_equal(tt.t_perm, t.t_perm_inv)
+  np.testing.assert_array_equal(jnp.take(a.values, t.t_perm), ref.values)
+  for name in t._fields:
+    np.testing.assert_array_equal(tt.host(name), getattr(tt, name))
+  # A closed-over topology is readable on the host under jit; a traced one is not.
+  jax.jit(lambda x: x + int(t.host("row_offsets")[-1]))(1)
+  with pytest.raises(ValueError, match="needs a concrete topology"):
+    jax.jit(lambda t: t.host("row_offsets"))(t)
 
 
 # -- bad input ----------------------------------------------------------------------

@@ -355,14 +355,12 @@ def test_kernel_rejects_bad_traced_topology(rng):
   q, k, v = (jnp.ones((1, 6, 4), jnp.float32) for _ in range(3))
 
   @jax.jit
-  def f(cols):
-    arrays = list(topo.arrays)
-    arrays[1] = cols
+  def f(data):
     none = jnp.zeros((1, 0), jnp.uint8)  # no mask, no dropout
-    return fa.attention_fwd_p.bind(q, k, v, none, none, *arrays, shape=(6, 6), causal=False,
-                                   drop_scale=1.0)[0]
+    return fa.attention_fwd_p.bind(q, k, v, none, none, data, shape=(6, 6), transposed=False,
+                                   causal=False, drop_scale=1.0)[0]
 
-  bad = topo.column_indices.at[3].set(9)
+  bad = topo.data.at[6 + 1 + 3].set(9)  # column_indices[3]: after the m + 1 row offsets
   with pytest.raises(Exception, match="column_indices\\[3\\] = 9 is out of range"):
     jax.block_until_ready(f(bad))
 

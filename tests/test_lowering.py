@@ -38,14 +38,41 @@ def test_reference_matches_kernels(rng):
   from jaxsparse._src.spmm import _spmm_reference, spmm_p
   a = jst.random_csr(rng, 33, 29, 0.3, np.float32, batch=(2,), empty_rows=0.2)
   t = a.topology.arrays
+  tp = a.topology.params
   b = jnp.asarray(rng.standard_normal((1, 29, 7)), jnp.float32)
   l = jnp.asarray(rng.standard_normal((2, 33, 5)), jnp.float32)
   r = jnp.asarray(rng.standard_normal((1, 29, 5)), jnp.float32)
-  np.testing.assert_allclose(jax.jit(_spmm_reference, static_argnames="shape")(
-      a.values, b, *t, shape=a.shape), spmm_p.bind(a.values, b, *t, shape=a.shape),
+  np.testing.assert_allclose(jax.jit(_spmm_reference, static_argnames=("shape", "transposed"))(
+      a.values, b, *t, **tp), spmm_p.bind(a.values, b, *t, **tp),
       rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(jax.jit(_sddmm_reference, static_argnames="shape")(
-      l, r, *t, shape=a.shape), sddmm_p.bind(l, r, *t, shape=a.shape), rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(jax.jit(_softmax_reference, static_argnames="shape")(
-      a.values, *t, shape=a.shape), sparse_softmax_p.bind(a.values, *t, shape=a.shape),
+  np.testing.assert_allclose(jax.jit(_sddmm_reference, static_argnames=("shape", "transposed"))(
+      l, r, *t, **tp), sddmm_p.bind(l, r, *t, **tp), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(jax.jit(_softmax_reference, static_argnames=("shape", "transposed"))(
+      a.values, *t, **tp), sparse_softmax_p.bind(a.values, *t, **tp),
       rtol=1e-6, atol=1e-7)
+  # The transposed view of the same packed topology (a.T's values on it).
+  tt = a.topology.T
+  vt = jnp.take(a.values, a.topology.t_perm, axis=-1)
+  bt = jnp.asarray(rng.standard_normal((1, 33, 4)), jnp.float32)
+  np.testing.assert_allclose(jax.jit(_spmm_reference, static_argnames=("shape", "transposed"))(
+      vt, bt, *tt.arrays, **tt.params), spmm_p.bind(vt, bt, *tt.arrays, **tt.params),
+      rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("segments, msg", [
+    ([0, 3, 4, 5, 9, 3], "column_indices = topology\\[4 : \\+5\\] does not lie inside"),
+    ([0, 3, -1, 5, 9, 3], "column_indices = topology\\[-1 : \\+5\\] does not lie inside"),
+    ([0, 3, 3, 5], "segments attribute has 4 entries, expected 6"),
+])
+def test_kernel_rejects_bad_topology_segments(segments, msg):
+  # The kernels take the packed topology whole; each array is an (offset, size)
+  # pair that must lie inside it.
+  if not js.has_kernels("cpu"):
+    pytest.fail("jaxsparse was built without the CPU kernels")
+  data = jnp.zeros((8,), jnp.int32)
+  out = jax.ShapeDtypeStruct((1, 2, 3), jnp.float32)
+  call = jax.ffi.ffi_call("jaxsparse_spmm_cpu", out)
+  with pytest.raises(Exception, match=msg):
+    jax.block_until_ready(call(jnp.ones((1, 5), jnp.float32), data,
+                               jnp.ones((1, 4, 3), jnp.float32),
+                               segments=np.array(segments, np.int64)))

@@ -44,7 +44,7 @@ def test_softmax_long_rows_with_masked_entries(dtype, rng):
   assert np.all(got[np.isneginf(v)] == 0) and got[ro[2] + 7] == 1.0
   y = jnp.asarray(ref, dtype)[None]
   g = jnp.asarray(rng.standard_normal((1, a.nnz)), dtype)
-  grad = sparse_softmax_grad_p.bind(y, g, *a.topology.arrays, shape=a.shape)
+  grad = sparse_softmax_grad_p.bind(y, g, *a.topology.arrays, **a.topology.params)
   yd, gd = jst.to_f64(y), jst.to_f64(g)
   want = np.zeros_like(yd)
   for r in range(a.shape[0]):
@@ -78,7 +78,7 @@ def test_softmax_grad_primitive(rng):
   y = js.sparse_softmax(a).values.reshape(3, -1)
   g = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
   out = jax.jit(lambda y, g: sparse_softmax_grad_p.bind(y, g, *a.topology.arrays,
-                                                        shape=a.shape))(y, g)
+                                                        **a.topology.params))(y, g)
   yd, gd = jst.to_f64(y), jst.to_f64(g)
   ro = np.asarray(a.row_offsets)
   ref = np.zeros_like(yd)
@@ -109,7 +109,7 @@ def test_softmax_grad_grads(rng):
   a = jst.random_csr(rng, 9, 8, 0.5, np.float64, empty_rows=0.2)
   y = js.sparse_softmax(a).values[None]
   g = rng.standard_normal(y.shape)
-  f = lambda y, g: sparse_softmax_grad_p.bind(y, g, *a.topology.arrays, shape=a.shape)
+  f = lambda y, g: sparse_softmax_grad_p.bind(y, g, *a.topology.arrays, **a.topology.params)
   check_grads(f, (y, g), order=2, modes=["fwd", "rev"])
 
 

@@ -1,12 +1,12 @@
 // XLA FFI handlers jaxsparse_attention_fwd_cpu and jaxsparse_attention_bwd_cpu:
 // decode, validate, dispatch the dtype, call the launchers in attention_cpu.h.
 //   fwd: q T[Bq, m, d], k T[Bk, n, d], v T[Bv, n, dv], keep u8[Bk, cap] (or [1, 0]:
-//        no mask), drop u8[Bd, cap] (or [1, 0]: no dropout), row_offsets i32[m+1],
-//        column_indices i32[cap], row_indices i32[m]; attrs causal (bool),
-//        drop_scale (f64)
+//        no mask), drop u8[Bd, cap] (or [1, 0]: no dropout), topology i32[L]
+//        (row_offsets i32[m+1], column_indices i32[cap], row_indices i32[m] at
+//        the attribute segments, csrc/README.md); attrs causal (bool), drop_scale (f64)
 //        -> out T[B, m, dv], lse A[B, m]
 //   bwd: q, k, v, keep, drop, lse A[Bl, m], delta A[Bd, m], dout T[Bg, m, dv], the
-//        topology (3 arrays), its transpose (t_row_offsets i32[n+1],
+//        topology operand: its 3 arrays, its transpose (t_row_offsets i32[n+1],
 //        t_column_indices i32[cap], t_row_indices i32[n]) and t_perm i32[cap]
 //        (transposed position -> stored position); attrs causal, drop_scale
 //        -> dq T[B, m, d], dk T[B, n, d], dv T[B, n, dv]
@@ -37,8 +37,8 @@ ffi::Error CheckAccumDtype(ffi::DataType got, ffi::DataType value, const char* o
 }
 
 // Checks one topology (rows x cols) and fills `t`.
-ffi::Error DecodeTopology(ffi::Buffer<ffi::S32> row_offsets, ffi::Buffer<ffi::S32> column_indices,
-                          ffi::Buffer<ffi::S32> row_indices, int64_t ncols, const char* op,
+ffi::Error DecodeTopology(IndexSegment row_offsets, IndexSegment column_indices,
+                          IndexSegment row_indices, int64_t ncols, const char* op,
                           const char* which, cpu::AttnTopology* t) {
   const std::string pre = std::string(op) + ": " + which;
   JAXSPARSE_RETURN_IF_ERROR(CheckRank(row_offsets, 1, (pre + "row_offsets").c_str()));
@@ -87,10 +87,13 @@ ffi::Error DecodeEntryMask(ffi::AnyBuffer mask, int64_t batch, int64_t cap, cons
 
 ffi::Error AttentionFwdCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer q, ffi::AnyBuffer k,
                                ffi::AnyBuffer v, ffi::AnyBuffer keep, ffi::AnyBuffer drop,
-                               ffi::Buffer<ffi::S32> row_offsets,
-                               ffi::Buffer<ffi::S32> column_indices,
-                               ffi::Buffer<ffi::S32> row_indices, bool causal, double drop_scale,
-                               ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::AnyBuffer> lse) {
+                               ffi::Buffer<ffi::S32> topology, bool causal, double drop_scale,
+                               ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::AnyBuffer> lse,
+                               ffi::Span<const int64_t> segments) {
+  IndexSegment row_offsets, column_indices, row_indices;
+  JAXSPARSE_RETURN_IF_ERROR(TopologySegments(
+      topology, segments, "attention_fwd", {"row_offsets", "column_indices", "row_indices"},
+      {&row_offsets, &column_indices, &row_indices}));
   const char* op = "attention_fwd";
   JAXSPARSE_RETURN_IF_ERROR(CheckRank(q, 3, "attention_fwd: query"));
   JAXSPARSE_RETURN_IF_ERROR(CheckRank(k, 3, "attention_fwd: key"));
@@ -156,15 +159,21 @@ ffi::Error AttentionFwdCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer q, ffi::AnyB
   return ffi::Error::Success();
 }
 
-ffi::Error AttentionBwdCpuImpl(
-    ffi::ThreadPool pool, ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v,
-    ffi::AnyBuffer keep, ffi::AnyBuffer drop, ffi::AnyBuffer lse,
-    ffi::AnyBuffer delta, ffi::AnyBuffer dout, ffi::Buffer<ffi::S32> row_offsets,
-    ffi::Buffer<ffi::S32> column_indices, ffi::Buffer<ffi::S32> row_indices,
-    ffi::Buffer<ffi::S32> t_row_offsets, ffi::Buffer<ffi::S32> t_column_indices,
-    ffi::Buffer<ffi::S32> t_row_indices, ffi::Buffer<ffi::S32> t_perm, bool causal,
-    double drop_scale, ffi::Result<ffi::AnyBuffer> dq,
-    ffi::Result<ffi::AnyBuffer> dk, ffi::Result<ffi::AnyBuffer> dv_out) {
+ffi::Error AttentionBwdCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer q, ffi::AnyBuffer k,
+                               ffi::AnyBuffer v, ffi::AnyBuffer keep, ffi::AnyBuffer drop,
+                               ffi::AnyBuffer lse, ffi::AnyBuffer delta, ffi::AnyBuffer dout,
+                               ffi::Buffer<ffi::S32> topology, bool causal, double drop_scale,
+                               ffi::Result<ffi::AnyBuffer> dq, ffi::Result<ffi::AnyBuffer> dk,
+                               ffi::Result<ffi::AnyBuffer> dv_out,
+                               ffi::Span<const int64_t> segments) {
+  IndexSegment row_offsets, column_indices, row_indices, t_row_offsets, t_column_indices,
+      t_row_indices, t_perm;
+  JAXSPARSE_RETURN_IF_ERROR(TopologySegments(
+      topology, segments, "attention_bwd",
+      {"row_offsets", "column_indices", "row_indices", "t_row_offsets", "t_column_indices",
+       "t_row_indices", "t_perm"},
+      {&row_offsets, &column_indices, &row_indices, &t_row_offsets, &t_column_indices,
+       &t_row_indices, &t_perm}));
   const char* op = "attention_bwd";
   JAXSPARSE_RETURN_IF_ERROR(CheckRank(q, 3, "attention_bwd: query"));
   JAXSPARSE_RETURN_IF_ERROR(CheckRank(k, 3, "attention_bwd: key"));
@@ -287,13 +296,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxsparseAttentionFwdCpu, jaxsparse::AttentionFwdC
                                   .Arg<xla::ffi::AnyBuffer>()              // value
                                   .Arg<xla::ffi::AnyBuffer>()              // keep
                                   .Arg<xla::ffi::AnyBuffer>()              // drop
-                                  .Arg<xla::ffi::Buffer<xla::ffi::S32>>()  // row_offsets
-                                  .Arg<xla::ffi::Buffer<xla::ffi::S32>>()  // column_indices
-                                  .Arg<xla::ffi::Buffer<xla::ffi::S32>>()  // row_indices
+                                  .Arg<xla::ffi::Buffer<xla::ffi::S32>>()  // topology (packed)
                                   .Attr<bool>("causal")
                                   .Attr<double>("drop_scale")
                                   .Ret<xla::ffi::AnyBuffer>()              // out
-                                  .Ret<xla::ffi::AnyBuffer>());            // lse
+                                  .Ret<xla::ffi::AnyBuffer>()  // lse
+                                  .Attr<xla::ffi::Span<const int64_t>>("segments"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxsparseAttentionBwdCpu, jaxsparse::AttentionBwdCpuImpl,
                               xla::ffi::Ffi::Bind()
@@ -306,15 +314,10 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxsparseAttentionBwdCpu, jaxsparse::AttentionBwdC
                                   .Arg<xla::ffi::AnyBuffer>()              // lse
                                   .Arg<xla::ffi::AnyBuffer>()              // delta
                                   .Arg<xla::ffi::AnyBuffer>()              // dout
-                                  .Arg<xla::ffi::Buffer<xla::ffi::S32>>()  // row_offsets
-                                  .Arg<xla::ffi::Buffer<xla::ffi::S32>>()  // column_indices
-                                  .Arg<xla::ffi::Buffer<xla::ffi::S32>>()  // row_indices
-                                  .Arg<xla::ffi::Buffer<xla::ffi::S32>>()  // t_row_offsets
-                                  .Arg<xla::ffi::Buffer<xla::ffi::S32>>()  // t_column_indices
-                                  .Arg<xla::ffi::Buffer<xla::ffi::S32>>()  // t_row_indices
-                                  .Arg<xla::ffi::Buffer<xla::ffi::S32>>()  // t_perm
+                                  .Arg<xla::ffi::Buffer<xla::ffi::S32>>()  // topology (packed)
                                   .Attr<bool>("causal")
                                   .Attr<double>("drop_scale")
                                   .Ret<xla::ffi::AnyBuffer>()              // dq
                                   .Ret<xla::ffi::AnyBuffer>()              // dk
-                                  .Ret<xla::ffi::AnyBuffer>());            // dv
+                                  .Ret<xla::ffi::AnyBuffer>()  // dv
+                                  .Attr<xla::ffi::Span<const int64_t>>("segments"));

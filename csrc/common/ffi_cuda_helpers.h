@@ -76,8 +76,8 @@ inline ffi::Error CheckDtype(const char* target, const char* what, ffi::DataType
 
 // row_offsets int32[m + 1] and row_indices int32[m]; sets m. The contents
 // live on the device and are not checked here (see csrc/README.md).
-inline ffi::Error CheckRows(const char* target, const ffi::Buffer<ffi::S32>& row_offsets,
-                            const ffi::Buffer<ffi::S32>& row_indices, int* m) {
+inline ffi::Error CheckRows(const char* target, const IndexSegment& row_offsets,
+                            const IndexSegment& row_indices, int* m) {
   JAXSPARSE_RETURN_IF_ERROR(CheckRankOf(target, row_offsets, 1, "row_offsets"));
   JAXSPARSE_RETURN_IF_ERROR(CheckRankOf(target, row_indices, 1, "row_indices"));
   const int64_t rows_plus_one = row_offsets.dimensions()[0];

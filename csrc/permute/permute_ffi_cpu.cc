@@ -1,5 +1,6 @@
 // XLA FFI handler jaxsparse_permute_cpu: decode, validate, dispatch the dtype, call
-// the launcher in permute_cpu.h. Operands: values T[Bv, cap], perm i32[cap]; result T[B, cap].
+// the launcher in permute_cpu.h. Operands: values T[Bv, cap], topology i32[L] holding
+// perm i32[cap] at the attribute segments (csrc/README.md); result T[B, cap].
 #include <cstdint>
 #include <string>
 
@@ -11,8 +12,13 @@
 namespace jaxsparse {
 namespace {
 
-ffi::Error PermuteCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer values, ffi::Buffer<ffi::S32> perm,
-                          ffi::Result<ffi::AnyBuffer> out) {
+ffi::Error PermuteCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer values,
+                          ffi::Buffer<ffi::S32> topology, ffi::Result<ffi::AnyBuffer> out,
+                          ffi::Span<const int64_t> segments) {
+  IndexSegment perm;
+  JAXSPARSE_RETURN_IF_ERROR(TopologySegments(
+      topology, segments, "permute", {"perm"},
+      {&perm}));
   JAXSPARSE_RETURN_IF_ERROR(CheckRank(values, 2, "permute: values"));
   JAXSPARSE_RETURN_IF_ERROR(CheckRank(perm, 1, "permute: perm"));
   JAXSPARSE_RETURN_IF_ERROR(CheckRank(*out, 2, "permute: result"));
@@ -54,5 +60,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxsparsePermuteCpu, jaxsparse::PermuteCpuImpl,
                               xla::ffi::Ffi::Bind()
                                   .Ctx<xla::ffi::ThreadPool>()
                                   .Arg<xla::ffi::AnyBuffer>()              // values
-                                  .Arg<xla::ffi::Buffer<xla::ffi::S32>>()  // perm
-                                  .Ret<xla::ffi::AnyBuffer>());
+                                  .Arg<xla::ffi::Buffer<xla::ffi::S32>>()  // topology (packed)
+                                  .Ret<xla::ffi::AnyBuffer>()
+                                  .Attr<xla::ffi::Span<const int64_t>>("segments"));

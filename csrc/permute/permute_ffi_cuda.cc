@@ -17,7 +17,12 @@ constexpr char kTarget[] = "jaxsparse_permute_cuda";
 
 // values T[Bv, cap], perm int32[cap] -> out T[B, cap], out[b, i] = values[b, perm[i]].
 ffi::Error PermuteCudaImpl(cudaStream_t stream, ffi::AnyBuffer values,
-                           ffi::Buffer<ffi::S32> perm, ffi::Result<ffi::AnyBuffer> out) {
+                           ffi::Buffer<ffi::S32> topology, ffi::Result<ffi::AnyBuffer> out,
+                           ffi::Span<const int64_t> segments) {
+  IndexSegment perm;
+  JAXSPARSE_RETURN_IF_ERROR(TopologySegments(
+      topology, segments, "jaxsparse_permute_cuda", {"perm"},
+      {&perm}));
   JAXSPARSE_RETURN_IF_ERROR(CheckRankOf(kTarget, values, 2, "values"));
   JAXSPARSE_RETURN_IF_ERROR(CheckRankOf(kTarget, perm, 1, "perm"));
   JAXSPARSE_RETURN_IF_ERROR(CheckRankOf(kTarget, *out, 2, "the result"));
@@ -53,6 +58,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxsparsePermuteCuda, jaxsparse::PermuteCudaImpl,
                               xla::ffi::Ffi::Bind()
                                   .Ctx<xla::ffi::PlatformStream<cudaStream_t>>()
                                   .Arg<xla::ffi::AnyBuffer>()              // values
-                                  .Arg<xla::ffi::Buffer<xla::ffi::S32>>()  // perm
-                                  .Ret<xla::ffi::AnyBuffer>(),             // out
+                                  .Arg<xla::ffi::Buffer<xla::ffi::S32>>()  // topology (packed)
+                                  .Ret<xla::ffi::AnyBuffer>()  // out
+                                  .Attr<xla::ffi::Span<const int64_t>>("segments"),
                               {xla::ffi::Traits::kCmdBufferCompatible});

@@ -1,6 +1,7 @@
 // XLA FFI handler jaxsparse_sddmm_cpu: decode, validate, dispatch the dtype, call
-// the launcher in sddmm_cpu.h. Operands: lhs T[Bl, m, d], rhs T[Br, n, d],
-// row_offsets i32[m+1], column_indices i32[cap], row_indices i32[m]; result T[B, cap].
+// the launcher in sddmm_cpu.h. Operands: lhs T[Bl, m, d], rhs T[Br, n, d], topology
+// i32[L]; result T[B, cap]. The attribute segments locates row_offsets i32[m+1],
+// column_indices i32[cap] and row_indices i32[m] in topology (csrc/README.md).
 #include <cstdint>
 
 #include "common/ffi_cpu_helpers.h"
@@ -12,8 +13,12 @@ namespace jaxsparse {
 namespace {
 
 ffi::Error SddmmCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer lhs, ffi::AnyBuffer rhs,
-                        ffi::Buffer<ffi::S32> row_offsets, ffi::Buffer<ffi::S32> column_indices,
-                        ffi::Buffer<ffi::S32> row_indices, ffi::Result<ffi::AnyBuffer> out) {
+                        ffi::Buffer<ffi::S32> topology, ffi::Result<ffi::AnyBuffer> out,
+                        ffi::Span<const int64_t> segments) {
+  IndexSegment row_offsets, column_indices, row_indices;
+  JAXSPARSE_RETURN_IF_ERROR(TopologySegments(
+      topology, segments, "sddmm", {"row_offsets", "column_indices", "row_indices"},
+      {&row_offsets, &column_indices, &row_indices}));
   JAXSPARSE_RETURN_IF_ERROR(CheckRank(lhs, 3, "sddmm: lhs"));
   JAXSPARSE_RETURN_IF_ERROR(CheckRank(rhs, 3, "sddmm: rhs"));
   JAXSPARSE_RETURN_IF_ERROR(CheckRank(row_offsets, 1, "sddmm: row_offsets"));
@@ -79,7 +84,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxsparseSddmmCpu, jaxsparse::SddmmCpuImpl,
                                   .Ctx<xla::ffi::ThreadPool>()
                                   .Arg<xla::ffi::AnyBuffer>()              // lhs
                                   .Arg<xla::ffi::AnyBuffer>()              // rhs
-                                  .Arg<xla::ffi::Buffer<xla::ffi::S32>>()  // row_offsets
-                                  .Arg<xla::ffi::Buffer<xla::ffi::S32>>()  // column_indices
-                                  .Arg<xla::ffi::Buffer<xla::ffi::S32>>()  // row_indices
-                                  .Ret<xla::ffi::AnyBuffer>());
+                                  .Arg<xla::ffi::Buffer<xla::ffi::S32>>()  // topology (packed)
+                                  .Ret<xla::ffi::AnyBuffer>()
+                                  .Attr<xla::ffi::Span<const int64_t>>("segments"));

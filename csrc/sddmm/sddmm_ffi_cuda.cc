@@ -18,8 +18,12 @@ constexpr char kTarget[] = "jaxsparse_sddmm_cuda";
 // lhs T[Bl, m, d], rhs T[Br, n, d], row_offsets int32[m + 1],
 // column_indices int32[cap], row_indices int32[m] -> out T[B, cap].
 ffi::Error SddmmCudaImpl(cudaStream_t stream, ffi::AnyBuffer lhs, ffi::AnyBuffer rhs,
-                         ffi::Buffer<ffi::S32> row_offsets, ffi::Buffer<ffi::S32> column_indices,
-                         ffi::Buffer<ffi::S32> row_indices, ffi::Result<ffi::AnyBuffer> out) {
+                         ffi::Buffer<ffi::S32> topology, ffi::Result<ffi::AnyBuffer> out,
+                         ffi::Span<const int64_t> segments) {
+  IndexSegment row_offsets, column_indices, row_indices;
+  JAXSPARSE_RETURN_IF_ERROR(TopologySegments(
+      topology, segments, "jaxsparse_sddmm_cuda", {"row_offsets", "column_indices", "row_indices"},
+      {&row_offsets, &column_indices, &row_indices}));
   JAXSPARSE_RETURN_IF_ERROR(CheckRankOf(kTarget, lhs, 3, "lhs"));
   JAXSPARSE_RETURN_IF_ERROR(CheckRankOf(kTarget, rhs, 3, "rhs"));
   JAXSPARSE_RETURN_IF_ERROR(CheckRankOf(kTarget, column_indices, 1, "column_indices"));
@@ -69,8 +73,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxsparseSddmmCuda, jaxsparse::SddmmCudaImpl,
                                   .Ctx<xla::ffi::PlatformStream<cudaStream_t>>()
                                   .Arg<xla::ffi::AnyBuffer>()              // lhs
                                   .Arg<xla::ffi::AnyBuffer>()              // rhs
-                                  .Arg<xla::ffi::Buffer<xla::ffi::S32>>()  // row_offsets
-                                  .Arg<xla::ffi::Buffer<xla::ffi::S32>>()  // column_indices
-                                  .Arg<xla::ffi::Buffer<xla::ffi::S32>>()  // row_indices
-                                  .Ret<xla::ffi::AnyBuffer>(),             // out
+                                  .Arg<xla::ffi::Buffer<xla::ffi::S32>>()  // topology (packed)
+                                  .Ret<xla::ffi::AnyBuffer>()  // out
+                                  .Attr<xla::ffi::Span<const int64_t>>("segments"),
                               {xla::ffi::Traits::kCmdBufferCompatible});

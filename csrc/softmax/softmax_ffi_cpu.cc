@@ -1,7 +1,9 @@
 // XLA FFI handlers jaxsparse_softmax_cpu and jaxsparse_softmax_grad_cpu: decode,
 // validate, dispatch the dtype, call the launchers in softmax_cpu.h.
-//   softmax:      values T[Bv, cap], row_offsets i32[m+1], row_indices i32[m] -> T[B, cap]
-//   softmax_grad: y T[By, cap], g T[Bg, cap], row_offsets, row_indices      -> T[B, cap]
+//   softmax:      values T[Bv, cap], topology (row_offsets i32[m+1], row_indices i32[m])
+//                 -> T[B, cap]
+//   softmax_grad: y T[By, cap], g T[Bg, cap], topology (the same) -> T[B, cap]
+// The index arrays are located in topology by the attribute segments (csrc/README.md).
 #include <cstdint>
 #include <string>
 
@@ -14,8 +16,8 @@ namespace jaxsparse {
 namespace {
 
 // Shared checks of the topology operands and the result; sets m, cap, batch.
-ffi::Error CheckSoftmaxTopology(const char* op, ffi::Buffer<ffi::S32> row_offsets,
-                                ffi::Buffer<ffi::S32> row_indices, const ffi::AnyBuffer& out,
+ffi::Error CheckSoftmaxTopology(const char* op, IndexSegment row_offsets,
+                                IndexSegment row_indices, const ffi::AnyBuffer& out,
                                 int* m, int* cap, int64_t* batch) {
   const std::string o(op);
   JAXSPARSE_RETURN_IF_ERROR(CheckRank(row_offsets, 1, (o + ": row_offsets").c_str()));
@@ -44,8 +46,12 @@ ffi::Error CheckValueOperand(const char* op, const char* what, const ffi::AnyBuf
 }
 
 ffi::Error SoftmaxCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer values,
-                          ffi::Buffer<ffi::S32> row_offsets, ffi::Buffer<ffi::S32> row_indices,
-                          ffi::Result<ffi::AnyBuffer> out) {
+                          ffi::Buffer<ffi::S32> topology, ffi::Result<ffi::AnyBuffer> out,
+                          ffi::Span<const int64_t> segments) {
+  IndexSegment row_offsets, row_indices;
+  JAXSPARSE_RETURN_IF_ERROR(TopologySegments(
+      topology, segments, "softmax", {"row_offsets", "row_indices"},
+      {&row_offsets, &row_indices}));
   int m = 0, cap = 0;
   int64_t batch = 0, values_stride = 0;
   JAXSPARSE_RETURN_IF_ERROR(CheckSoftmaxTopology("softmax", row_offsets, row_indices, *out, &m, &cap, &batch));
@@ -70,8 +76,12 @@ ffi::Error SoftmaxCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer values,
 }
 
 ffi::Error SoftmaxGradCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer y, ffi::AnyBuffer g,
-                              ffi::Buffer<ffi::S32> row_offsets, ffi::Buffer<ffi::S32> row_indices,
-                              ffi::Result<ffi::AnyBuffer> out) {
+                              ffi::Buffer<ffi::S32> topology, ffi::Result<ffi::AnyBuffer> out,
+                              ffi::Span<const int64_t> segments) {
+  IndexSegment row_offsets, row_indices;
+  JAXSPARSE_RETURN_IF_ERROR(TopologySegments(
+      topology, segments, "softmax_grad", {"row_offsets", "row_indices"},
+      {&row_offsets, &row_indices}));
   int m = 0, cap = 0;
   int64_t batch = 0, y_stride = 0, g_stride = 0;
   JAXSPARSE_RETURN_IF_ERROR(
@@ -106,15 +116,15 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxsparseSoftmaxCpu, jaxsparse::SoftmaxCpuImpl,
                               xla::ffi::Ffi::Bind()
                                   .Ctx<xla::ffi::ThreadPool>()
                                   .Arg<xla::ffi::AnyBuffer>()              // values
-                                  .Arg<xla::ffi::Buffer<xla::ffi::S32>>()  // row_offsets
-                                  .Arg<xla::ffi::Buffer<xla::ffi::S32>>()  // row_indices
-                                  .Ret<xla::ffi::AnyBuffer>());
+                                  .Arg<xla::ffi::Buffer<xla::ffi::S32>>()  // topology (packed)
+                                  .Ret<xla::ffi::AnyBuffer>()
+                                  .Attr<xla::ffi::Span<const int64_t>>("segments"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxsparseSoftmaxGradCpu, jaxsparse::SoftmaxGradCpuImpl,
                               xla::ffi::Ffi::Bind()
                                   .Ctx<xla::ffi::ThreadPool>()
                                   .Arg<xla::ffi::AnyBuffer>()              // y
                                   .Arg<xla::ffi::AnyBuffer>()              // g
-                                  .Arg<xla::ffi::Buffer<xla::ffi::S32>>()  // row_offsets
-                                  .Arg<xla::ffi::Buffer<xla::ffi::S32>>()  // row_indices
-                                  .Ret<xla::ffi::AnyBuffer>());
+                                  .Arg<xla::ffi::Buffer<xla::ffi::S32>>()  // topology (packed)
+                                  .Ret<xla::ffi::AnyBuffer>()
+                                  .Attr<xla::ffi::Span<const int64_t>>("segments"));

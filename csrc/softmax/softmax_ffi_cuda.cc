@@ -34,8 +34,8 @@ ffi::Error CheckRowValues(const char* target, const ffi::AnyBuffer& x, const cha
 
 // The result T[B, cap] and the rows; sets batch, cap and m.
 ffi::Error CheckResultAndRows(const char* target, const ffi::AnyBuffer& out,
-                              const ffi::Buffer<ffi::S32>& row_offsets,
-                              const ffi::Buffer<ffi::S32>& row_indices, int* batch, int* cap,
+                              const IndexSegment& row_offsets,
+                              const IndexSegment& row_indices, int* batch, int* cap,
                               int* m) {
   JAXSPARSE_RETURN_IF_ERROR(CheckRankOf(target, out, 2, "the result"));
   JAXSPARSE_RETURN_IF_ERROR(CheckRows(target, row_offsets, row_indices, m));
@@ -45,8 +45,12 @@ ffi::Error CheckResultAndRows(const char* target, const ffi::AnyBuffer& out,
 
 // values T[Bv, cap], row_offsets int32[m + 1], row_indices int32[m] -> out T[B, cap].
 ffi::Error SoftmaxCudaImpl(cudaStream_t stream, ffi::AnyBuffer values,
-                           ffi::Buffer<ffi::S32> row_offsets, ffi::Buffer<ffi::S32> row_indices,
-                           ffi::Result<ffi::AnyBuffer> out) {
+                           ffi::Buffer<ffi::S32> topology, ffi::Result<ffi::AnyBuffer> out,
+                           ffi::Span<const int64_t> segments) {
+  IndexSegment row_offsets, row_indices;
+  JAXSPARSE_RETURN_IF_ERROR(TopologySegments(
+      topology, segments, "jaxsparse_softmax_cuda", {"row_offsets", "row_indices"},
+      {&row_offsets, &row_indices}));
   int batch, cap, m, values_batch;
   JAXSPARSE_RETURN_IF_ERROR(
       CheckResultAndRows(kSoftmaxTarget, *out, row_offsets, row_indices, &batch, &cap, &m));
@@ -66,9 +70,12 @@ ffi::Error SoftmaxCudaImpl(cudaStream_t stream, ffi::AnyBuffer values,
 // y T[By, cap], g T[Bg, cap], row_offsets, row_indices -> out T[B, cap]
 // = y * (g - rowsum(g * y)).
 ffi::Error SoftmaxGradCudaImpl(cudaStream_t stream, ffi::AnyBuffer y, ffi::AnyBuffer g,
-                               ffi::Buffer<ffi::S32> row_offsets,
-                               ffi::Buffer<ffi::S32> row_indices,
-                               ffi::Result<ffi::AnyBuffer> out) {
+                               ffi::Buffer<ffi::S32> topology, ffi::Result<ffi::AnyBuffer> out,
+                               ffi::Span<const int64_t> segments) {
+  IndexSegment row_offsets, row_indices;
+  JAXSPARSE_RETURN_IF_ERROR(TopologySegments(
+      topology, segments, "jaxsparse_softmax_grad_cuda", {"row_offsets", "row_indices"},
+      {&row_offsets, &row_indices}));
   int batch, cap, m, y_batch, g_batch;
   JAXSPARSE_RETURN_IF_ERROR(
       CheckResultAndRows(kGradTarget, *out, row_offsets, row_indices, &batch, &cap, &m));
@@ -94,9 +101,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxsparseSoftmaxCuda, jaxsparse::SoftmaxCudaImpl,
                               xla::ffi::Ffi::Bind()
                                   .Ctx<xla::ffi::PlatformStream<cudaStream_t>>()
                                   .Arg<xla::ffi::AnyBuffer>()              // values
-                                  .Arg<xla::ffi::Buffer<xla::ffi::S32>>()  // row_offsets
-                                  .Arg<xla::ffi::Buffer<xla::ffi::S32>>()  // row_indices
-                                  .Ret<xla::ffi::AnyBuffer>(),             // out
+                                  .Arg<xla::ffi::Buffer<xla::ffi::S32>>()  // topology (packed)
+                                  .Ret<xla::ffi::AnyBuffer>()  // out
+                                  .Attr<xla::ffi::Span<const int64_t>>("segments"),
                               {xla::ffi::Traits::kCmdBufferCompatible});
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxsparseSoftmaxGradCuda, jaxsparse::SoftmaxGradCudaImpl,
@@ -104,7 +111,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxsparseSoftmaxGradCuda, jaxsparse::SoftmaxGradCu
                                   .Ctx<xla::ffi::PlatformStream<cudaStream_t>>()
                                   .Arg<xla::ffi::AnyBuffer>()              // y
                                   .Arg<xla::ffi::AnyBuffer>()              // g
-                                  .Arg<xla::ffi::Buffer<xla::ffi::S32>>()  // row_offsets
-                                  .Arg<xla::ffi::Buffer<xla::ffi::S32>>()  // row_indices
-                                  .Ret<xla::ffi::AnyBuffer>(),             // out
+                                  .Arg<xla::ffi::Buffer<xla::ffi::S32>>()  // topology (packed)
+                                  .Ret<xla::ffi::AnyBuffer>()  // out
+                                  .Attr<xla::ffi::Span<const int64_t>>("segments"),
                               {xla::ffi::Traits::kCmdBufferCompatible});

@@ -1,6 +1,7 @@
 // XLA FFI handler jaxsparse_spmm_cpu: decode, validate, dispatch the dtype, call
-// the launcher in spmm_cpu.h. Operands: values T[Bv, cap], row_offsets i32[m+1],
-// column_indices i32[cap], row_indices i32[m], dense T[Bb, k, n]; result T[B, m, n].
+// the launcher in spmm_cpu.h. Operands: values T[Bv, cap], topology i32[L], dense
+// T[Bb, k, n]; result T[B, m, n]. The attribute segments locates row_offsets i32[m+1],
+// column_indices i32[cap] and row_indices i32[m] in topology (csrc/README.md).
 #include <cstdint>
 
 #include "common/ffi_cpu_helpers.h"
@@ -11,10 +12,13 @@
 namespace jaxsparse {
 namespace {
 
-ffi::Error SpmmCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer values,
-                       ffi::Buffer<ffi::S32> row_offsets, ffi::Buffer<ffi::S32> column_indices,
-                       ffi::Buffer<ffi::S32> row_indices, ffi::AnyBuffer dense,
-                       ffi::Result<ffi::AnyBuffer> out) {
+ffi::Error SpmmCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer values, ffi::Buffer<ffi::S32> topology,
+                       ffi::AnyBuffer dense, ffi::Result<ffi::AnyBuffer> out,
+                       ffi::Span<const int64_t> segments) {
+  IndexSegment row_offsets, column_indices, row_indices;
+  JAXSPARSE_RETURN_IF_ERROR(TopologySegments(
+      topology, segments, "spmm", {"row_offsets", "column_indices", "row_indices"},
+      {&row_offsets, &column_indices, &row_indices}));
   JAXSPARSE_RETURN_IF_ERROR(CheckRank(values, 2, "spmm: values"));
   JAXSPARSE_RETURN_IF_ERROR(CheckRank(row_offsets, 1, "spmm: row_offsets"));
   JAXSPARSE_RETURN_IF_ERROR(CheckRank(column_indices, 1, "spmm: column_indices"));
@@ -80,8 +84,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxsparseSpmmCpu, jaxsparse::SpmmCpuImpl,
                               xla::ffi::Ffi::Bind()
                                   .Ctx<xla::ffi::ThreadPool>()
                                   .Arg<xla::ffi::AnyBuffer>()           // values
-                                  .Arg<xla::ffi::Buffer<xla::ffi::S32>>()  // row_offsets
-                                  .Arg<xla::ffi::Buffer<xla::ffi::S32>>()  // column_indices
-                                  .Arg<xla::ffi::Buffer<xla::ffi::S32>>()  // row_indices
+                                  .Arg<xla::ffi::Buffer<xla::ffi::S32>>()  // topology (packed)
                                   .Arg<xla::ffi::AnyBuffer>()           // b
-                                  .Ret<xla::ffi::AnyBuffer>());
+                                  .Ret<xla::ffi::AnyBuffer>()
+                                  .Attr<xla::ffi::Span<const int64_t>>("segments"));

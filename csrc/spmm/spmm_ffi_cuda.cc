@@ -17,10 +17,13 @@ constexpr char kTarget[] = "jaxsparse_spmm_cuda";
 
 // values T[Bv, cap], row_offsets int32[m + 1], column_indices int32[cap],
 // row_indices int32[m], b T[Bb, k, n] -> out T[B, m, n].
-ffi::Error SpmmCudaImpl(cudaStream_t stream, ffi::AnyBuffer values,
-                        ffi::Buffer<ffi::S32> row_offsets, ffi::Buffer<ffi::S32> column_indices,
-                        ffi::Buffer<ffi::S32> row_indices, ffi::AnyBuffer b,
-                        ffi::Result<ffi::AnyBuffer> out) {
+ffi::Error SpmmCudaImpl(cudaStream_t stream, ffi::AnyBuffer values, ffi::Buffer<ffi::S32> topology,
+                        ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> out,
+                        ffi::Span<const int64_t> segments) {
+  IndexSegment row_offsets, column_indices, row_indices;
+  JAXSPARSE_RETURN_IF_ERROR(TopologySegments(
+      topology, segments, "jaxsparse_spmm_cuda", {"row_offsets", "column_indices", "row_indices"},
+      {&row_offsets, &column_indices, &row_indices}));
   JAXSPARSE_RETURN_IF_ERROR(CheckRankOf(kTarget, values, 2, "values"));
   JAXSPARSE_RETURN_IF_ERROR(CheckRankOf(kTarget, column_indices, 1, "column_indices"));
   JAXSPARSE_RETURN_IF_ERROR(CheckRankOf(kTarget, b, 3, "b"));
@@ -69,9 +72,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxsparseSpmmCuda, jaxsparse::SpmmCudaImpl,
                               xla::ffi::Ffi::Bind()
                                   .Ctx<xla::ffi::PlatformStream<cudaStream_t>>()
                                   .Arg<xla::ffi::AnyBuffer>()          // values
-                                  .Arg<xla::ffi::Buffer<xla::ffi::S32>>()  // row_offsets
-                                  .Arg<xla::ffi::Buffer<xla::ffi::S32>>()  // column_indices
-                                  .Arg<xla::ffi::Buffer<xla::ffi::S32>>()  // row_indices
+                                  .Arg<xla::ffi::Buffer<xla::ffi::S32>>()  // topology (packed)
                                   .Arg<xla::ffi::AnyBuffer>()          // b
-                                  .Ret<xla::ffi::AnyBuffer>(),         // out
+                                  .Ret<xla::ffi::AnyBuffer>()  // out
+                                  .Attr<xla::ffi::Span<const int64_t>>("segments"),
                               {xla::ffi::Traits::kCmdBufferCompatible});

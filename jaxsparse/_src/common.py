@@ -11,9 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.interpreters import ad
 
-from jaxsparse._src.csr import Topology
 
-NUM_TOPOLOGY_ARRAYS = len(Topology._fields)
+NUM_TOPOLOGY_ARRAYS = 1  # Topology.arrays: the packed `data`
 
 
 def acc_dtype(dtype):

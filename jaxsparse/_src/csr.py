@@ -14,6 +14,9 @@ are concrete, with `jax.numpy` under `jit`) and reused by every op:
 - `t_perm [cap]`: `values_of_transpose = values[..., t_perm]`;
   `t_perm_inv [cap]`: the inverse permutation (transpose of the transpose).
 
+The eight arrays are stored end to end in one int32 array, `Topology.data` (one
+pytree leaf, passed whole to the kernels); the attributes above are slices of it.
+
 `cap` is the length of `column_indices`; the number of stored entries is
 `row_offsets[m] <= cap`. Entries at positions `>= row_offsets[m]` are padding
 (produced by `CSR.fromdense(x, nnz=K)` under `jit`); they belong to no row and
@@ -107,49 +110,118 @@ def _validate_host(row_offsets: np.ndarray, column_indices: np.ndarray, m: int, 
           f"has {column_indices[j - 1]} followed by {column_indices[j]}")
 
 
-@jax.tree_util.register_pytree_node_class
 class Topology:
-  """Where the nonzeros are: the integer arrays shared by every op (see module doc)."""
+  """Where the nonzeros are: the integer arrays shared by every op (see module doc).
+
+  The eight arrays are stored as one int32 array `data` (one pytree leaf: a
+  jitted function taking a CSR pays JAX's per-argument dispatch once, not eight
+  times), in the order of `_fields` for the matrix of shape `base_shape`.
+  `transposed=True` is the view of the transpose: the same `data`, read with the
+  forward and transposed arrays swapped, so `.T` costs nothing. Each array is a
+  slice of `data` (under `jit`, XLA copies the slices an op uses, which costs far
+  less per call than passing eight arguments).
+  """
 
   _fields = ("row_offsets", "column_indices", "row_indices", "t_row_offsets",
              "t_column_indices", "t_row_indices", "t_perm", "t_perm_inv")
 
-  def __init__(self, row_offsets, column_indices, row_indices, t_row_offsets,
-               t_column_indices, t_row_indices, t_perm, t_perm_inv, *, shape):
-    self.row_offsets = row_offsets
-    self.column_indices = column_indices
-    self.row_indices = row_indices
-    self.t_row_offsets = t_row_offsets
-    self.t_column_indices = t_column_indices
-    self.t_row_indices = t_row_indices
-    self.t_perm = t_perm
-    self.t_perm_inv = t_perm_inv
+  def __init__(self, data, *, shape, transposed=False):
+    self.data = data
     self.shape = tuple(shape)
-
-  def tree_flatten(self):
-    return tuple(getattr(self, f) for f in self._fields), self.shape
+    self.transposed = bool(transposed)
 
   @classmethod
-  def tree_unflatten(cls, shape, leaves):
-    return cls(*leaves, shape=shape)
+  def from_arrays(cls, row_offsets, column_indices, row_indices, t_row_offsets,
+                  t_column_indices, t_row_indices, t_perm, t_perm_inv, *, shape) -> "Topology":
+    """The topology with these eight arrays (numpy or jax, concrete or traced); no checks."""
+    arrays = (row_offsets, column_indices, row_indices, t_row_offsets, t_column_indices,
+              t_row_indices, t_perm, t_perm_inv)
+    if _is_concrete(*arrays) and all(isinstance(a, np.ndarray) for a in arrays):
+      data = jnp.asarray(np.concatenate([a.astype(np.int32) for a in arrays]))
+    else:
+      data = jnp.concatenate([jnp.asarray(a, jnp.int32) for a in arrays])
+    return cls(data, shape=shape)
+
+  @property
+  def params(self) -> dict:
+    """The static parameters the primitives take next to `data`."""
+    return {"shape": self.shape, "transposed": self.transposed}
+
+  @property
+  def base_shape(self) -> tuple[int, int]:
+    """The shape `data` is laid out for (`shape`, reversed in a transposed view)."""
+    return self.shape[::-1] if self.transposed else self.shape
 
   @property
   def arrays(self) -> tuple:
-    return tuple(getattr(self, f) for f in self._fields)
+    """The leaves the primitives take: `(data,)`."""
+    return (self.data,)
 
   @property
   def cap(self) -> int:
-    return self.column_indices.shape[0]
+    m, k = self.shape
+    return (self.data.shape[0] - 2 * (m + k) - 2) // 4
+
+  def _segments(self) -> dict:
+    m, k = self.base_shape
+    cap = self.cap
+    sizes = (m + 1, cap, m, k + 1, cap, k, cap, cap)
+    out, start = {}, 0
+    for name, size in zip(self._fields, sizes):
+      out[name] = (start, start + size)
+      start += size
+    if self.transposed:
+      swap = {"row_offsets": "t_row_offsets", "column_indices": "t_column_indices",
+              "row_indices": "t_row_indices", "t_perm": "t_perm_inv"}
+      for a, b in swap.items():
+        out[a], out[b] = out[b], out[a]
+    return out
+
+  def segments(self, *names) -> np.ndarray:
+    """`[offset, size]` in `data` of each named array, flattened (int64): the
+    `segments` attribute of the kernels, which take `data` whole."""
+    segs = self._segments()
+    return np.array([[a, b - a] for a, b in (segs[n] for n in names)], np.int64).reshape(-1)
+
+  def _get(self, name):
+    start, stop = self._segments()[name]
+    return self.data[start:stop]
+
+  def host(self, name: str) -> np.ndarray:
+    """The array `name` (one of `_fields`) of a concrete topology, as numpy.
+
+    Readable where the attribute is not: under a trace, the attributes of a
+    topology closed over by a jitted function are (constant) tracers.
+    """
+    if isinstance(self.data, jax.core.Tracer):
+      raise ValueError(f"jaxsparse: Topology.host({name!r}) needs a concrete topology, "
+                       "not one traced under jit")
+    start, stop = self._segments()[name]
+    return np.asarray(self.data)[start:stop]
+
+  row_offsets = property(lambda self: self._get("row_offsets"))
+  column_indices = property(lambda self: self._get("column_indices"))
+  row_indices = property(lambda self: self._get("row_indices"))
+  t_row_offsets = property(lambda self: self._get("t_row_offsets"))
+  t_column_indices = property(lambda self: self._get("t_column_indices"))
+  t_row_indices = property(lambda self: self._get("t_row_indices"))
+  t_perm = property(lambda self: self._get("t_perm"))
+  t_perm_inv = property(lambda self: self._get("t_perm_inv"))
+
+  def fields(self) -> tuple:
+    """The eight arrays, in the order of `_fields`, as seen by this view."""
+    return tuple(self._get(f) for f in self._fields)
 
   @property
   def T(self) -> "Topology":
     """The topology of the transpose; no computation."""
-    return Topology(self.t_row_offsets, self.t_column_indices, self.t_row_indices,
-                    self.row_offsets, self.column_indices, self.row_indices,
-                    self.t_perm_inv, self.t_perm, shape=self.shape[::-1])
+    return Topology(self.data, shape=self.shape[::-1], transposed=not self.transposed)
 
   def __repr__(self):
-    return f"Topology(shape={self.shape}, cap={self.cap})"
+    try:
+      return f"Topology(shape={self.shape}, cap={self.cap})"
+    except AttributeError:  # a leaf that is not an array (e.g. after jax.tree.map)
+      return f"Topology(shape={self.shape}, data={self.data!r})"
 
   @classmethod
   def build(cls, row_offsets, column_indices, shape, *, validate: bool = True) -> "Topology":
@@ -165,8 +237,7 @@ class Topology:
       ci = _as_index_array(column_indices, "column_indices")
       if validate:
         _validate_host(ro, ci, m, k)
-      arrays = _derive(np, ro, ci, m, k)
-      return cls(*(jnp.asarray(a) for a in arrays), shape=(m, k))
+      return cls.from_arrays(*_derive(np, ro, ci, m, k), shape=(m, k))
     for x, what in ((row_offsets, "row_offsets"), (column_indices, "column_indices")):
       if not jnp.issubdtype(x.dtype, jnp.integer):
         raise TypeError(f"jaxsparse: {what} must have an integer dtype (int32), got {x.dtype}")
@@ -175,7 +246,12 @@ class Topology:
     if column_indices.ndim != 1:
       raise ValueError(f"jaxsparse: column_indices must be 1-D, got shape {column_indices.shape}")
     arrays = _derive(jnp, row_offsets.astype(jnp.int32), column_indices.astype(jnp.int32), m, k)
-    return cls(*arrays, shape=(m, k))
+    return cls.from_arrays(*arrays, shape=(m, k))
+
+
+# Flattened and unflattened by JAX in C++ (no Python call per jitted call).
+jax.tree_util.register_dataclass(Topology, data_fields=["data"],
+                                 meta_fields=["shape", "transposed"])
 
 
 def _derive(xp, row_offsets, column_indices, m: int, k: int):
@@ -434,9 +510,9 @@ class CSR:
     import scipy.sparse as sp
     if self.values.ndim != 1:
       raise ValueError("jaxsparse: to_scipy needs an unbatched CSR")
-    ro = np.asarray(self.row_offsets)
+    ro = self.topology.host("row_offsets")
     n = int(ro[-1])
-    return sp.csr_array((np.asarray(self.values)[:n], np.asarray(self.column_indices)[:n], ro),
+    return sp.csr_array((np.asarray(self.values)[:n], self.topology.host("column_indices")[:n], ro),
                         shape=self.shape)
 
 

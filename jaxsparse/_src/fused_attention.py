@@ -66,7 +66,7 @@ def fused_attention(q, k, v, topology: Topology, *, causal: bool = False, keep=N
   """
   nb = q.ndim - 2
   out, _ = attention_fwd_p.bind(q, k, v, _mask_operand(keep, nb), _mask_operand(drop, nb),
-                                *topology.arrays, shape=topology.shape, causal=bool(causal),
+                                *topology.arrays, **topology.params, causal=bool(causal),
                                 drop_scale=float(drop_scale))
   return out
 
@@ -98,9 +98,10 @@ def _check_entry_masks(name, cap, **masks):
                        f"got {x.dtype} {x.shape}")
 
 
-def _fwd_abstract_eval(q, k, v, keep, drop, *topo, shape, causal, drop_scale):
+def _fwd_abstract_eval(q, k, v, keep, drop, *topo, shape, transposed, causal, drop_scale):
   _check("jaxsparse_attention_fwd", shape, q, k, v)
-  _check_entry_masks("jaxsparse_attention_fwd", topo[1].shape[0], keep=keep, drop=drop)
+  cap = Topology(*topo, shape=shape, transposed=transposed).cap
+  _check_entry_masks("jaxsparse_attention_fwd", cap, keep=keep, drop=drop)
   batch = common.batch_shape(q, k, v, keep, drop, core_ndims=(2, 2, 2, 1, 1))
   m = shape[0]
   return (q.update(shape=batch + (m, v.shape[-1]), dtype=q.dtype),
@@ -112,9 +113,11 @@ def _tangent_abstract_eval(q, k, v, keep, drop, out, lse, tq, tk, tv, *topo, **p
   return _fwd_abstract_eval(q, k, v, keep, drop, *topo, **params)
 
 
-def _bwd_abstract_eval(q, k, v, keep, drop, lse, delta, dout, *topo, shape, causal, drop_scale):
+def _bwd_abstract_eval(q, k, v, keep, drop, lse, delta, dout, *topo, shape, transposed, causal,
+                       drop_scale):
   _check("jaxsparse_attention_bwd", shape, q, k, v)
-  _check_entry_masks("jaxsparse_attention_bwd", topo[1].shape[0], keep=keep, drop=drop)
+  cap = Topology(*topo, shape=shape, transposed=transposed).cap
+  _check_entry_masks("jaxsparse_attention_bwd", cap, keep=keep, drop=drop)
   batch = common.batch_shape(q, k, v, keep, drop, lse, delta, dout,
                              core_ndims=(2, 2, 2, 1, 1, 1, 1, 2))
   m, n = shape
@@ -130,10 +133,10 @@ def _segment(x, rows, m, op):
   return jnp.moveaxis(y, 0, -1)
 
 
-def _entries(topo, shape, causal, keep):
+def _entries(t: Topology, causal, keep):
   """Each entry's row (clamped for gathers) and whether it takes part (`[*B, cap]`
   with a mask, else `[cap]`)."""
-  t = Topology(*topo, shape=shape)
+  shape = t.shape
   rows = row_ids(t)
   valid = rows < shape[0]
   if causal:
@@ -154,19 +157,20 @@ def _drop_mul(drop, scale, dtype):
   return jnp.where(drop != 0, jnp.asarray(scale, dtype), jnp.zeros((), dtype))
 
 
-def _probs(q, k, lse, rows_c, valid, topo, shape):
+def _probs(q, k, lse, rows_c, valid, t: Topology):
   """Probabilities `[*B, cap]` at the entries (0 at dropped and padding ones), with
   `rows_c` and `valid` from `_entries`."""
-  s = sddmm_p.bind(q, k, *topo, shape=shape).astype(lse.dtype)
+  s = sddmm_p.bind(q, k, *t.arrays, **t.params).astype(lse.dtype)
   lse_e = jnp.take(lse, rows_c, axis=-1)
   return jnp.exp(jnp.where(valid, s - lse_e, -jnp.inf))
 
 
-def _fwd_composite(q, k, v, keep, drop, *topo, shape, causal, drop_scale):
+def _fwd_composite(q, k, v, keep, drop, *topo, shape, transposed, causal, drop_scale):
   m, _ = shape
   acc = common.acc_dtype(q.dtype)
-  rows_c, rows, valid = _entries(topo, shape, causal, keep)
-  s = jnp.where(valid, sddmm_p.bind(q, k, *topo, shape=shape).astype(acc), -jnp.inf)
+  rows_c, rows, valid = _entries(Topology(*topo, shape=shape, transposed=transposed), causal, keep)
+  s = sddmm_p.bind(q, k, *topo, shape=shape, transposed=transposed).astype(acc)
+  s = jnp.where(valid, s, -jnp.inf)
   mx = _segment(s, rows, m, jax.ops.segment_max)
   mx = jnp.where(jnp.isfinite(mx), mx, 0)
   e = jnp.exp(s - jnp.take(mx, rows_c, axis=-1))
@@ -176,34 +180,36 @@ def _fwd_composite(q, k, v, keep, drop, *topo, shape, causal, drop_scale):
   mul = _drop_mul(drop, drop_scale, acc)
   if mul is not None:
     p = p * mul
-  out = spmm_p.bind(p.astype(v.dtype), v, *topo, shape=shape)
+  out = spmm_p.bind(p.astype(v.dtype), v, *topo, shape=shape, transposed=transposed)
   return out, lse.astype(acc)
 
 
-def _tangent_composite(q, k, v, keep, drop, out, lse, tq, tk, tv, *topo, shape, causal,
+def _tangent_composite(q, k, v, keep, drop, out, lse, tq, tk, tv, *topo, shape, transposed, causal,
                        drop_scale):
   del out
   m, _ = shape
-  rows_c, rows, valid = _entries(topo, shape, causal, keep)
-  p = _probs(q, k, lse, rows_c, valid, topo, shape)
-  ts = (sddmm_p.bind(tq, k, *topo, shape=shape).astype(lse.dtype)
-        + sddmm_p.bind(q, tk, *topo, shape=shape).astype(lse.dtype))
+  t = Topology(*topo, shape=shape, transposed=transposed)
+  rows_c, rows, valid = _entries(t, causal, keep)
+  p = _probs(q, k, lse, rows_c, valid, t)
+  ts = (sddmm_p.bind(tq, k, *topo, shape=shape, transposed=transposed).astype(lse.dtype)
+        + sddmm_p.bind(q, tk, *topo, shape=shape, transposed=transposed).astype(lse.dtype))
   t_lse = _segment(p * ts, rows, m, jax.ops.segment_sum)
   tp = p * (ts - jnp.take(t_lse, rows_c, axis=-1))
   mul = _drop_mul(drop, drop_scale, lse.dtype)
   if mul is not None:  # dropout after the softmax: lse and its tangent do not see it
     tp, p = tp * mul, p * mul
-  t_out = (spmm_p.bind(tp.astype(v.dtype), v, *topo, shape=shape)
-           + spmm_p.bind(p.astype(v.dtype), tv, *topo, shape=shape))
+  t_out = (spmm_p.bind(tp.astype(v.dtype), v, *topo, shape=shape, transposed=transposed)
+           + spmm_p.bind(p.astype(v.dtype), tv, *topo, shape=shape, transposed=transposed))
   batch = t_out.shape[:-2]
   return _full(t_out, batch), _full(t_lse, batch).astype(lse.dtype)
 
 
-def _bwd_composite(q, k, v, keep, drop, lse, delta, dout, *topo, shape, causal, drop_scale):
-  t = Topology(*topo, shape=shape)
-  rows_c, _, valid = _entries(topo, shape, causal, keep)
-  p = _probs(q, k, lse, rows_c, valid, topo, shape)
-  dp = sddmm_p.bind(dout, v, *topo, shape=shape).astype(lse.dtype)
+def _bwd_composite(q, k, v, keep, drop, lse, delta, dout, *topo, shape, transposed, causal,
+                   drop_scale):
+  t = Topology(*topo, shape=shape, transposed=transposed)
+  rows_c, _, valid = _entries(t, causal, keep)
+  p = _probs(q, k, lse, rows_c, valid, t)
+  dp = sddmm_p.bind(dout, v, *topo, shape=shape, transposed=transposed).astype(lse.dtype)
   mul = _drop_mul(drop, drop_scale, lse.dtype)
   if mul is not None:
     dp = dp * mul
@@ -211,11 +217,11 @@ def _bwd_composite(q, k, v, keep, drop, lse, delta, dout, *topo, shape, causal, 
   if mul is not None:
     p = p * mul  # what multiplies v
   dt = q.dtype
-  dq = spmm_p.bind(ds.astype(dt), k, *topo, shape=shape)
-  ds_t = permute_p.bind(ds.astype(dt), t.t_perm, t.t_perm_inv)
-  p_t = permute_p.bind(p.astype(dt), t.t_perm, t.t_perm_inv)
-  dk = spmm_p.bind(ds_t, q, *t.T.arrays, shape=t.T.shape)
-  dv = spmm_p.bind(p_t, dout, *t.T.arrays, shape=t.T.shape)
+  dq = spmm_p.bind(ds.astype(dt), k, *topo, shape=shape, transposed=transposed)
+  ds_t = permute_p.bind(ds.astype(dt), *topo, **t.params)
+  p_t = permute_p.bind(p.astype(dt), *topo, **t.params)
+  dk = spmm_p.bind(ds_t, q, *t.T.arrays, **t.T.params)
+  dv = spmm_p.bind(p_t, dout, *t.T.arrays, **t.T.params)
   batch = tuple(np.broadcast_shapes(dq.shape[:-2], dk.shape[:-2], dv.shape[:-2]))
   return _full(dq, batch), _full(dk, batch), _full(dv, batch)
 
@@ -224,11 +230,11 @@ def _reference(prim, composite):
   """The composition, or for m == 0 or n == 0 (no entry can exist) zeros, with
   lse = -inf from the forward."""
 
-  def impl(*args, shape, causal, drop_scale):
+  def impl(*args, shape, transposed, causal, drop_scale):
+    params = dict(shape=shape, transposed=transposed, causal=causal, drop_scale=drop_scale)
     if shape[0] > 0 and shape[1] > 0:
-      return composite(*args, shape=shape, causal=causal, drop_scale=drop_scale)
-    outs = jax.eval_shape(functools.partial(prim.bind, shape=shape, causal=causal,
-                                            drop_scale=drop_scale), *args)
+      return composite(*args, **params)
+    outs = jax.eval_shape(functools.partial(prim.bind, **params), *args)
     fill = [-jnp.inf if (prim is attention_fwd_p and i == 1) else 0 for i in range(len(outs))]
     return tuple(jnp.full(o.shape, f, o.dtype) for o, f in zip(outs, fill))
 
@@ -236,28 +242,30 @@ def _reference(prim, composite):
 
 
 # -- kernels ------------------------------------------------------------------------
-def _fwd_ffi(q, k, v, keep, drop, *topo, shape, causal, drop_scale, platform):
+def _fwd_ffi(q, k, v, keep, drop, *topo, shape, transposed, causal, drop_scale, platform):
   batch = max(q.shape[0], k.shape[0], v.shape[0], keep.shape[0], drop.shape[0])
   m = shape[0]
   outs = (jax.ShapeDtypeStruct((batch, m, v.shape[2]), q.dtype),
           jax.ShapeDtypeStruct((batch, m), common.acc_dtype(q.dtype)))
-  t = Topology(*topo, shape=shape)
+  t = Topology(*topo, shape=shape, transposed=transposed)
   return jax.ffi.ffi_call(f"jaxsparse_attention_fwd_{platform}", outs)(
-      q, k, v, keep, drop, t.row_offsets, t.column_indices, t.row_indices, causal=bool(causal),
-      drop_scale=np.float64(drop_scale))
+      q, k, v, keep, drop, t.data, causal=bool(causal), drop_scale=np.float64(drop_scale),
+      segments=t.segments("row_offsets", "column_indices", "row_indices"))
 
 
-def _bwd_ffi(q, k, v, keep, drop, lse, delta, dout, *topo, shape, causal, drop_scale, platform):
+def _bwd_ffi(q, k, v, keep, drop, lse, delta, dout, *topo, shape, transposed, causal, drop_scale,
+             platform):
   batch = max(x.shape[0] for x in (q, k, v, keep, drop, lse, delta, dout))
   m, n = shape
   outs = (jax.ShapeDtypeStruct((batch, m, q.shape[2]), q.dtype),
           jax.ShapeDtypeStruct((batch, n, k.shape[2]), q.dtype),
           jax.ShapeDtypeStruct((batch, n, v.shape[2]), q.dtype))
-  t = Topology(*topo, shape=shape)
+  t = Topology(*topo, shape=shape, transposed=transposed)
   return jax.ffi.ffi_call(f"jaxsparse_attention_bwd_{platform}", outs)(
-      q, k, v, keep, drop, lse, delta, dout, t.row_offsets, t.column_indices, t.row_indices,
-      t.t_row_offsets, t.t_column_indices, t.t_row_indices, t.t_perm, causal=bool(causal),
-      drop_scale=np.float64(drop_scale))
+      q, k, v, keep, drop, lse, delta, dout, t.data, causal=bool(causal),
+      drop_scale=np.float64(drop_scale),
+      segments=t.segments("row_offsets", "column_indices", "row_indices", "t_row_offsets",
+                          "t_column_indices", "t_row_indices", "t_perm"))
 
 
 # -- AD rules -----------------------------------------------------------------------

@@ -43,7 +43,7 @@ def sddmm(lhs, rhs, topology) -> CSR:
   batch = batch_shape_of([("lhs", lhs.shape[:-2]), ("rhs", rhs.shape[:-2])])
   l3 = broadcast_batch(lhs.astype(dtype), batch, 2)
   r3 = broadcast_batch(rhs.astype(dtype), batch, 2)
-  out = sddmm_p.bind(l3, r3, *topo.arrays, shape=topo.shape)
+  out = sddmm_p.bind(l3, r3, *topo.arrays, **topo.params)
   return CSR._from_parts(out.reshape(batch + (topo.cap,)), topo)  # batch () drops the 1
 
 
@@ -52,19 +52,20 @@ sddmm_p = Primitive("jaxsparse_sddmm")
 
 
 # -- abstract eval ----------------------------------------------------------------
-def _sddmm_abstract_eval(lhs, rhs, *topo, shape):
+def _sddmm_abstract_eval(lhs, rhs, *topo, shape, transposed):
   m, n = shape
   if lhs.ndim < 3 or rhs.ndim != lhs.ndim or lhs.shape[-2] != m or rhs.shape[-2] != n or \
       lhs.shape[-1] != rhs.shape[-1]:
     raise ValueError(f"jaxsparse_sddmm: expected lhs [*B, {m}, d] and rhs [*B, {n}, d], got "
                      f"{lhs.shape} and {rhs.shape}")
   batch = common.batch_shape(lhs, rhs, core_ndims=(2, 2))
-  return lhs.update(shape=batch + (topo[1].shape[0],), dtype=lhs.dtype)
+  cap = Topology(*topo, shape=shape, transposed=transposed).cap
+  return lhs.update(shape=batch + (cap,), dtype=lhs.dtype)
 
 
 # -- reference implementation -----------------------------------------------------
-def _sddmm_reference(lhs, rhs, *topo, shape):
-  t = Topology(*topo, shape=shape)
+def _sddmm_reference(lhs, rhs, *topo, shape, transposed):
+  t = Topology(*topo, shape=shape, transposed=transposed)
   acc = common.acc_dtype(lhs.dtype)
   rows = row_ids(t)
   valid = rows < shape[0]
@@ -75,28 +76,29 @@ def _sddmm_reference(lhs, rhs, *topo, shape):
 
 
 # -- lowerings ----------------------------------------------------------------------
-def _sddmm_ffi(lhs, rhs, *topo, shape, platform):
-  t = Topology(*topo, shape=shape)
+def _sddmm_ffi(lhs, rhs, *topo, shape, transposed, platform):
+  t = Topology(*topo, shape=shape, transposed=transposed)
   batch = max(lhs.shape[0], rhs.shape[0])
   out = jax.ShapeDtypeStruct((batch, t.cap), lhs.dtype)
   return jax.ffi.ffi_call(f"jaxsparse_sddmm_{platform}", out)(
-      lhs, rhs, t.row_offsets, t.column_indices, t.row_indices)
+      lhs, rhs, t.data, segments=t.segments("row_offsets", "column_indices", "row_indices"))
 
 
 # -- AD rules -----------------------------------------------------------------------
-def _sddmm_transpose(ct, lhs, rhs, *topo, shape):
+def _sddmm_transpose(ct, lhs, rhs, *topo, shape, transposed):
   from jaxsparse._src.spmm import spmm_p
   from jaxsparse._src.transpose import permute_p
   ct = ad.instantiate_zeros(ct)
-  t = Topology(*topo, shape=shape)
+  t = Topology(*topo, shape=shape, transposed=transposed)
   ct_lhs = ct_rhs = None
   if ad.is_undefined_primal(lhs):
     # d lhs = S @ rhs, S the sparse cotangent on the topology.
-    ct_lhs = common.sum_to_shape(spmm_p.bind(ct, rhs, *topo, shape=shape), lhs.aval.shape)
+    ct_lhs = spmm_p.bind(ct, rhs, *topo, shape=shape, transposed=transposed)
+    ct_lhs = common.sum_to_shape(ct_lhs, lhs.aval.shape)
   if ad.is_undefined_primal(rhs):
     # d rhs = S.T @ lhs.
-    ct_t = permute_p.bind(ct, t.t_perm, t.t_perm_inv)
-    ct_rhs = spmm_p.bind(ct_t, lhs, *t.T.arrays, shape=t.T.shape)
+    ct_t = permute_p.bind(ct, *topo, **t.params)
+    ct_rhs = spmm_p.bind(ct_t, lhs, *t.T.arrays, **t.T.params)
     ct_rhs = common.sum_to_shape(ct_rhs, rhs.aval.shape)
   return [ct_lhs, ct_rhs] + [None] * len(topo)
 

@@ -35,7 +35,7 @@ def sparse_softmax(a: CSR) -> CSR:
                     f"{type(a).__name__}")
   check_value_dtype(a.dtype, "a.values")
   v = a.values if a.values.ndim > 1 else a.values[None]
-  y = sparse_softmax_p.bind(v, *a.topology.arrays, shape=a.shape)
+  y = sparse_softmax_p.bind(v, *a.topology.arrays, **a.topology.params)
   return a.with_values(y.reshape(a.values.shape))
 
 
@@ -53,13 +53,14 @@ sparse_softmax_grad_p = Primitive("jaxsparse_sparse_softmax_grad")
 
 
 # -- abstract eval ----------------------------------------------------------------
-def _softmax_abstract_eval(values, *topo, shape):
-  if values.ndim < 2 or values.shape[-1] != topo[1].shape[0]:
+def _softmax_abstract_eval(values, *topo, shape, transposed):
+  cap = Topology(*topo, shape=shape, transposed=transposed).cap
+  if values.ndim < 2 or values.shape[-1] != cap:
     raise ValueError(f"jaxsparse_sparse_softmax: expected values [*B, nnz], got {values.shape}")
   return values.update(shape=values.shape, dtype=values.dtype)
 
 
-def _softmax_grad_abstract_eval(y, g, *topo, shape):
+def _softmax_grad_abstract_eval(y, g, *topo, shape, transposed):
   if y.shape != g.shape or y.ndim < 2 or y.dtype != g.dtype:
     raise ValueError(f"jaxsparse_sparse_softmax_grad: y and g must both be [*B, nnz] of one "
                      f"dtype, got {y.shape} {y.dtype} and {g.shape} {g.dtype}")
@@ -67,8 +68,8 @@ def _softmax_grad_abstract_eval(y, g, *topo, shape):
 
 
 # -- reference implementations ----------------------------------------------------
-def _softmax_reference(values, *topo, shape):
-  t = Topology(*topo, shape=shape)
+def _softmax_reference(values, *topo, shape, transposed):
+  t = Topology(*topo, shape=shape, transposed=transposed)
   m = shape[0]
   rows = row_ids(t)
   valid = rows < m
@@ -81,76 +82,78 @@ def _softmax_reference(values, *topo, shape):
   return (e / s).T.astype(values.dtype)
 
 
-def _softmax_grad_reference(y, g, *topo, shape):
-  t = Topology(*topo, shape=shape)
+def _softmax_grad_reference(y, g, *topo, shape, transposed):
+  t = Topology(*topo, shape=shape, transposed=transposed)
   acc = common.acc_dtype(y.dtype)
   y32, g32 = y.astype(acc), g.astype(acc)
   return (y32 * (g32 - rowsum(g32 * y32, t))).astype(y.dtype)
 
 
 # -- lowerings ----------------------------------------------------------------------
-def _softmax_ffi(values, *topo, shape, platform):
-  t = Topology(*topo, shape=shape)
+def _softmax_ffi(values, *topo, shape, transposed, platform):
+  t = Topology(*topo, shape=shape, transposed=transposed)
   out = jax.ShapeDtypeStruct(values.shape, values.dtype)
   return jax.ffi.ffi_call(f"jaxsparse_softmax_{platform}", out)(
-      values, t.row_offsets, t.row_indices)
+      values, t.data, segments=t.segments("row_offsets", "row_indices"))
 
 
-def _softmax_grad_ffi(y, g, *topo, shape, platform):
-  t = Topology(*topo, shape=shape)
+def _softmax_grad_ffi(y, g, *topo, shape, transposed, platform):
+  t = Topology(*topo, shape=shape, transposed=transposed)
   out = jax.ShapeDtypeStruct(y.shape, y.dtype)
   return jax.ffi.ffi_call(f"jaxsparse_softmax_grad_{platform}", out)(
-      y, g, t.row_offsets, t.row_indices)
+      y, g, t.data, segments=t.segments("row_offsets", "row_indices"))
 
 
 # -- AD rules -----------------------------------------------------------------------
-def _softmax_jvp(primals, tangents, *, shape):
+def _softmax_jvp(primals, tangents, *, shape, transposed):
   values, *topo = primals
   tv = tangents[0]
-  y = sparse_softmax_p.bind(values, *topo, shape=shape)
+  y = sparse_softmax_p.bind(values, *topo, shape=shape, transposed=transposed)
   if type(tv) is ad.Zero:
     return y, common.zero_tangent(y)
-  return y, sparse_softmax_grad_p.bind(y, tv, *topo, shape=shape)
+  return y, sparse_softmax_grad_p.bind(y, tv, *topo, shape=shape, transposed=transposed)
 
 
-def _softmax_grad_jvp(primals, tangents, *, shape):
+def _softmax_grad_jvp(primals, tangents, *, shape, transposed):
   y, g, *topo = primals
   ty, tg, *_ = tangents
-  out = sparse_softmax_grad_p.bind(y, g, *topo, shape=shape)
+  out = sparse_softmax_grad_p.bind(y, g, *topo, shape=shape, transposed=transposed)
   t_out = None
   if type(tg) is not ad.Zero:
-    t_out = sparse_softmax_grad_p.bind(y, tg, *topo, shape=shape)
+    t_out = sparse_softmax_grad_p.bind(y, tg, *topo, shape=shape, transposed=transposed)
   if type(ty) is not ad.Zero:
-    t = Topology(*topo, shape=shape)
+    t = Topology(*topo, shape=shape, transposed=transposed)
     t_y = ty * (g - rowsum(g * y, t)) - y * rowsum(g * ty, t)
     t_out = common.add_tangents(t_out, t_y)
   return out, (common.zero_tangent(out) if t_out is None else t_out)
 
 
-def _softmax_grad_transpose(ct, y, g, *topo, shape):
+def _softmax_grad_transpose(ct, y, g, *topo, shape, transposed):
   # g -> y * (g - rowsum(g * y)) is self-adjoint for a fixed y.
   if ad.is_undefined_primal(y):
     raise NotImplementedError("jaxsparse: sparse_softmax_grad is not linear in y")
   ct = ad.instantiate_zeros(ct)
-  return [None, sparse_softmax_grad_p.bind(y, ct, *topo, shape=shape)] + [None] * len(topo)
+  ct_g = sparse_softmax_grad_p.bind(y, ct, *topo, shape=shape, transposed=transposed)
+  return [None, ct_g] + [None] * len(topo)
 
 
 # -- batching -----------------------------------------------------------------------
-def _softmax_batch(args, dims, *, shape):
+def _softmax_batch(args, dims, *, shape, transposed):
   values, *topo = args
   dv, *dt = dims
   common.check_topology_unbatched(dt, "sparse_softmax")
-  return sparse_softmax_p.bind(common.batch_front(values, dv), *topo, shape=shape), 0
+  values = common.batch_front(values, dv)
+  return sparse_softmax_p.bind(values, *topo, shape=shape, transposed=transposed), 0
 
 
-def _softmax_grad_batch(args, dims, *, shape):
+def _softmax_grad_batch(args, dims, *, shape, transposed):
   y, g, *topo = args
   dy, dg, *dt = dims
   common.check_topology_unbatched(dt, "sparse_softmax_grad")
   y, g = common.batch_front(y, dy), common.batch_front(g, dg)
   full = jnp.broadcast_shapes(y.shape, g.shape)
   y, g = jnp.broadcast_to(y, full), jnp.broadcast_to(g, full)
-  return sparse_softmax_grad_p.bind(y, g, *topo, shape=shape), 0
+  return sparse_softmax_grad_p.bind(y, g, *topo, shape=shape, transposed=transposed), 0
 
 
 # -- registration -------------------------------------------------------------------

@@ -40,7 +40,7 @@ def spmm(a: CSR, b) -> jax.Array:
   batch = batch_shape_of([("a.values", a.batch_shape), ("b", b.shape[:-2])])
   values = broadcast_batch(a.values.astype(dtype), batch, 1)
   bb = broadcast_batch(b.astype(dtype), batch, 2)
-  out = spmm_p.bind(values, bb, *a.topology.arrays, shape=a.shape)
+  out = spmm_p.bind(values, bb, *a.topology.arrays, **a.topology.params)
   out = out.reshape(batch + (m, b.shape[-1]))  # drops the size-1 batch dim when batch == ()
   return out[..., 0] if vector else out
 
@@ -50,7 +50,7 @@ spmm_p = Primitive("jaxsparse_spmm")
 
 
 # -- abstract eval ----------------------------------------------------------------
-def _spmm_abstract_eval(values, b, *topo, shape):
+def _spmm_abstract_eval(values, b, *topo, shape, transposed):
   m, k = shape
   if values.ndim < 2 or b.ndim != values.ndim + 1 or b.shape[-2] != k:
     raise ValueError(f"jaxsparse_spmm: expected values [*B, nnz] and b [*B, {k}, n], got "
@@ -60,9 +60,9 @@ def _spmm_abstract_eval(values, b, *topo, shape):
 
 
 # -- reference implementation -----------------------------------------------------
-def _spmm_reference(values, b, *topo, shape):
+def _spmm_reference(values, b, *topo, shape, transposed):
   m, _ = shape
-  t = Topology(*topo, shape=shape)
+  t = Topology(*topo, shape=shape, transposed=transposed)
   acc = common.acc_dtype(b.dtype)
   gathered = jnp.take(b, t.column_indices, axis=1).astype(acc)        # [Bb, nnz, n]
   prod = values.astype(acc)[:, :, None] * gathered                     # [B, nnz, n]
@@ -72,29 +72,29 @@ def _spmm_reference(values, b, *topo, shape):
 
 
 # -- lowerings ----------------------------------------------------------------------
-def _spmm_ffi(values, b, *topo, shape, platform):
-  t = Topology(*topo, shape=shape)
+def _spmm_ffi(values, b, *topo, shape, transposed, platform):
+  t = Topology(*topo, shape=shape, transposed=transposed)
   batch = max(values.shape[0], b.shape[0])
   out = jax.ShapeDtypeStruct((batch, shape[0], b.shape[2]), b.dtype)
   return jax.ffi.ffi_call(f"jaxsparse_spmm_{platform}", out)(
-      values, t.row_offsets, t.column_indices, t.row_indices, b)
+      values, t.data, b, segments=t.segments("row_offsets", "column_indices", "row_indices"))
 
 
 # -- AD rules -----------------------------------------------------------------------
-def _spmm_transpose(ct, values, b, *topo, shape):
+def _spmm_transpose(ct, values, b, *topo, shape, transposed):
   from jaxsparse._src.sddmm import sddmm_p
   from jaxsparse._src.transpose import permute_p
   ct = ad.instantiate_zeros(ct)
-  t = Topology(*topo, shape=shape)
+  t = Topology(*topo, shape=shape, transposed=transposed)
   ct_values = ct_b = None
   if ad.is_undefined_primal(values):
     # d values[j] = <ct[row_j, :], b[col_j, :]>: an SDDMM on a's topology.
-    ct_values = sddmm_p.bind(ct, b, *topo, shape=shape)
+    ct_values = sddmm_p.bind(ct, b, *topo, shape=shape, transposed=transposed)
     ct_values = common.sum_to_shape(ct_values, values.aval.shape)
   if ad.is_undefined_primal(b):
     # d b = a.T @ ct, with a.T's values a gather by the stored permutation.
-    vt = permute_p.bind(values, t.t_perm, t.t_perm_inv)
-    ct_b = spmm_p.bind(vt, ct, *t.T.arrays, shape=t.T.shape)
+    vt = permute_p.bind(values, *topo, **t.params)
+    ct_b = spmm_p.bind(vt, ct, *t.T.arrays, **t.T.params)
     ct_b = common.sum_to_shape(ct_b, b.aval.shape)
   return [ct_values, ct_b] + [None] * len(topo)
 

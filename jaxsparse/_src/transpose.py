@@ -11,7 +11,7 @@ from jax.extend.core import Primitive
 from jax.interpreters import ad, batching
 
 from jaxsparse._src import common
-from jaxsparse._src.csr import CSR
+from jaxsparse._src.csr import CSR, Topology
 from jaxsparse._src.ffi import ShardingSpec, register_lowerings
 
 
@@ -30,54 +30,62 @@ def transpose(a: CSR) -> CSR:
     raise TypeError(f"jaxsparse.transpose: a must be a jaxsparse.CSR, got {type(a).__name__}")
   t = a.topology
   v = a.values if a.values.ndim > 1 else a.values[None]
-  vt = permute_p.bind(v, t.t_perm, t.t_perm_inv)
+  vt = permute_p.bind(v, *t.arrays, **t.params)
   return CSR._from_parts(vt.reshape(a.values.shape), t.T)
 
 
 # -- primitive --------------------------------------------------------------------
-# permute_p(values [B, nnz], perm [nnz], perm_inv [nnz]) = values[:, perm]
+# permute_p(values [B, nnz], *topology) = values[:, t_perm]: the values of a matrix
+# on the topology, reordered as the values of its transpose (on topology.T).
 permute_p = Primitive("jaxsparse_permute")
 
 
 # -- abstract eval ----------------------------------------------------------------
-def _permute_abstract_eval(values, perm, perm_inv):
-  if values.ndim < 2 or perm.shape != (values.shape[-1],) or perm_inv.shape != perm.shape:
-    raise ValueError(f"jaxsparse_permute: expected values [*B, nnz] and perm [nnz], got "
-                     f"{values.shape} and {perm.shape}")
+def _permute_abstract_eval(values, *topo, shape, transposed):
+  cap = Topology(*topo, shape=shape, transposed=transposed).cap
+  if values.ndim < 2 or values.shape[-1] != cap:
+    raise ValueError(f"jaxsparse_permute: expected values [*B, nnz = {cap}], got "
+                     f"{values.shape}")
   return values.update(shape=values.shape, dtype=values.dtype)
 
 
 # -- reference implementation -----------------------------------------------------
-def _permute_reference(values, perm, perm_inv):
-  return jnp.take(values, perm, axis=1, mode="clip")
+def _permute_reference(values, *topo, shape, transposed):
+  t = Topology(*topo, shape=shape, transposed=transposed)
+  return jnp.take(values, t.t_perm, axis=1, mode="clip")
 
 
 # -- lowerings ----------------------------------------------------------------------
-def _permute_ffi(values, perm, perm_inv, *, platform):
+def _permute_ffi(values, *topo, shape, transposed, platform):
+  t = Topology(*topo, shape=shape, transposed=transposed)
   out = jax.ShapeDtypeStruct(values.shape, values.dtype)
-  return jax.ffi.ffi_call(f"jaxsparse_permute_{platform}", out)(values, perm)
+  return jax.ffi.ffi_call(f"jaxsparse_permute_{platform}", out)(
+      values, t.data, segments=t.segments("t_perm"))
 
 
 # -- AD rules -----------------------------------------------------------------------
-def _permute_jvp(primals, tangents):
-  values, perm, perm_inv = primals
-  out = permute_p.bind(values, perm, perm_inv)
+def _permute_jvp(primals, tangents, **params):
+  values, *topo = primals
+  out = permute_p.bind(values, *topo, **params)
   if type(tangents[0]) is ad.Zero:
     return out, common.zero_tangent(out)
-  return out, permute_p.bind(tangents[0], perm, perm_inv)
+  return out, permute_p.bind(tangents[0], *topo, **params)
 
 
-def _permute_transpose(ct, values, perm, perm_inv):
+def _permute_transpose(ct, values, *topo, shape, transposed):
+  # The transpose of the gather by t_perm is the gather by t_perm_inv: the permute
+  # of the transposed view (its t_perm is this view's t_perm_inv).
   ct = ad.instantiate_zeros(ct)
-  return [permute_p.bind(ct, perm_inv, perm), None, None]
+  t = Topology(*topo, shape=shape, transposed=transposed).T
+  return [permute_p.bind(ct, *topo, **t.params)] + [None] * len(topo)
 
 
 # -- batching -----------------------------------------------------------------------
-def _permute_batch(args, dims):
-  values, perm, perm_inv = args
+def _permute_batch(args, dims, **params):
+  values, *topo = args
   dv, *dp = dims
   common.check_topology_unbatched(dp, "transpose")
-  return permute_p.bind(common.batch_front(values, dv), perm, perm_inv), 0
+  return permute_p.bind(common.batch_front(values, dv), *topo, **params), 0
 
 
 # -- registration -------------------------------------------------------------------
@@ -87,4 +95,5 @@ ad.primitive_jvps[permute_p] = _permute_jvp
 ad.primitive_transposes[permute_p] = _permute_transpose
 batching.primitive_batchers[permute_p] = _permute_batch
 register_lowerings(permute_p, _permute_reference, _permute_ffi, "permute",
-                   ShardingSpec(core=[("nnz",)], out_core=("nnz",), num_topology=2))
+                   ShardingSpec(core=[("nnz",)], out_core=("nnz",),
+                                num_topology=common.NUM_TOPOLOGY_ARRAYS))

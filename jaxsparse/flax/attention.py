@@ -45,8 +45,8 @@ def decoding_row(row):
 
 def _max_row_length(topo: Topology, who: str) -> int:
   try:
-    offsets = np.asarray(topo.row_offsets)
-  except Exception:  # a tracer: the topology must be concrete to decode
+    offsets = topo.host("row_offsets")
+  except ValueError:  # a tracer: the topology must be concrete to decode
     raise ValueError(f"jaxsparse.flax.{who}: decoding needs a concrete topology (built on "
                      "the host), not one traced under jit") from None
   return int(np.max(np.diff(offsets))) if offsets.size > 1 else 0
