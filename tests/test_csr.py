@@ -115,6 +115,8 @@ def test_topology_is_one_packed_leaf_and_its_transposed_view(rng):
   jax.jit(lambda x: x + int(t.host("row_offsets")[-1]))(1)
   with pytest.raises(ValueError, match="needs a concrete topology"):
     jax.jit(lambda t: t.host("row_offsets"))(t)
+  with pytest.raises(ValueError, match="does not fit shape"):
+    js.Topology(jnp.zeros((t.data.shape[0] - 1,), jnp.int32), shape=t.shape)
 
 
 # -- bad input ----------------------------------------------------------------------

@@ -117,9 +117,10 @@ class Topology:
   jitted function taking a CSR pays JAX's per-argument dispatch once, not eight
   times), in the order of `_fields` for the matrix of shape `base_shape`.
   `transposed=True` is the view of the transpose: the same `data`, read with the
-  forward and transposed arrays swapped, so `.T` costs nothing. Each array is a
-  slice of `data` (under `jit`, XLA copies the slices an op uses, which costs far
-  less per call than passing eight arguments).
+  forward and transposed arrays swapped, so `.T` costs nothing. The attributes
+  (`row_offsets`, ...) are slices of `data`; the kernels take `data` whole with
+  the offsets of what they read. Build with `Topology.build` (validated) or
+  `Topology.from_arrays`; `Topology(data, shape=...)` takes a packed array as is.
   """
 
   _fields = ("row_offsets", "column_indices", "row_indices", "t_row_offsets",
@@ -129,6 +130,15 @@ class Topology:
     self.data = data
     self.shape = tuple(shape)
     self.transposed = bool(transposed)
+    # Unflattening also builds Topologies around non-array leaves (vmap axis
+    # specs, tree.map results) and stacked data: only a 1-D array is checked.
+    if getattr(data, "ndim", None) == 1:
+      m, k = self.shape
+      rest = data.shape[0] - 2 * (m + k) - 2
+      if rest < 0 or rest % 4:
+        raise ValueError(
+            f"jaxsparse: Topology data of length {data.shape[0]} does not fit shape "
+            f"{self.shape}: expected 2 * (m + k) + 2 + 4 * cap entries")
 
   @classmethod
   def from_arrays(cls, row_offsets, column_indices, row_indices, t_row_offsets,
