@@ -41,9 +41,6 @@ ffi::Error DecodeTopology(IndexSegment row_offsets, IndexSegment column_indices,
                           IndexSegment row_indices, int64_t ncols, const char* op,
                           const char* which, cpu::AttnTopology* t) {
   const std::string pre = std::string(op) + ": " + which;
-  JAXSPARSE_RETURN_IF_ERROR(CheckRank(row_offsets, 1, (pre + "row_offsets").c_str()));
-  JAXSPARSE_RETURN_IF_ERROR(CheckRank(column_indices, 1, (pre + "column_indices").c_str()));
-  JAXSPARSE_RETURN_IF_ERROR(CheckRank(row_indices, 1, (pre + "row_indices").c_str()));
   const int64_t m1 = row_offsets.dimensions()[0];
   if (m1 < 1) return InvalidArgument(pre + "row_offsets must have rows + 1 >= 1 entries, got 0");
   int m = 0, cap = 0;
@@ -230,7 +227,6 @@ ffi::Error AttentionBwdCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer q, ffi::AnyB
   const int64_t cap = column_indices.dimensions()[0];
   JAXSPARSE_RETURN_IF_ERROR(DecodeEntryMask(keep, batch, cap, op, "keep", &keep_data, &keep_stride));
   JAXSPARSE_RETURN_IF_ERROR(DecodeEntryMask(drop, batch, cap, op, "drop", &drop_data, &drop_stride));
-  JAXSPARSE_RETURN_IF_ERROR(CheckRank(t_perm, 1, "attention_bwd: t_perm"));
   JAXSPARSE_RETURN_IF_ERROR(CheckDim(t_perm.dimensions()[0], cap, "attention_bwd: t_perm size (cap)"));
   if (keep_data != nullptr || drop_data != nullptr) {  // read through t_perm by pass 2
     const int32_t* perm = t_perm.typed_data();

@@ -78,8 +78,6 @@ inline ffi::Error CheckDtype(const char* target, const char* what, ffi::DataType
 // live on the device and are not checked here (see csrc/README.md).
 inline ffi::Error CheckRows(const char* target, const IndexSegment& row_offsets,
                             const IndexSegment& row_indices, int* m) {
-  JAXSPARSE_RETURN_IF_ERROR(CheckRankOf(target, row_offsets, 1, "row_offsets"));
-  JAXSPARSE_RETURN_IF_ERROR(CheckRankOf(target, row_indices, 1, "row_indices"));
   const int64_t rows_plus_one = row_offsets.dimensions()[0];
   if (rows_plus_one < 1) {
     return InvalidArgument(std::string(target) + ": row_offsets must have m + 1 >= 1 entries");

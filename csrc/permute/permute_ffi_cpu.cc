@@ -20,7 +20,6 @@ ffi::Error PermuteCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer values,
       topology, segments, "permute", {"perm"},
       {&perm}));
   JAXSPARSE_RETURN_IF_ERROR(CheckRank(values, 2, "permute: values"));
-  JAXSPARSE_RETURN_IF_ERROR(CheckRank(perm, 1, "permute: perm"));
   JAXSPARSE_RETURN_IF_ERROR(CheckRank(*out, 2, "permute: result"));
   const ffi::DataType dtype = out->element_type();
   JAXSPARSE_RETURN_IF_ERROR(CheckSameDtype(values.element_type(), dtype, "permute", "values"));

@@ -24,7 +24,6 @@ ffi::Error PermuteCudaImpl(cudaStream_t stream, ffi::AnyBuffer values,
       topology, segments, "jaxsparse_permute_cuda", {"perm"},
       {&perm}));
   JAXSPARSE_RETURN_IF_ERROR(CheckRankOf(kTarget, values, 2, "values"));
-  JAXSPARSE_RETURN_IF_ERROR(CheckRankOf(kTarget, perm, 1, "perm"));
   JAXSPARSE_RETURN_IF_ERROR(CheckRankOf(kTarget, *out, 2, "the result"));
   const auto v_dims = values.dimensions();
   const auto out_dims = out->dimensions();

@@ -21,9 +21,6 @@ ffi::Error SddmmCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer lhs, ffi::AnyBuffer
       {&row_offsets, &column_indices, &row_indices}));
   JAXSPARSE_RETURN_IF_ERROR(CheckRank(lhs, 3, "sddmm: lhs"));
   JAXSPARSE_RETURN_IF_ERROR(CheckRank(rhs, 3, "sddmm: rhs"));
-  JAXSPARSE_RETURN_IF_ERROR(CheckRank(row_offsets, 1, "sddmm: row_offsets"));
-  JAXSPARSE_RETURN_IF_ERROR(CheckRank(column_indices, 1, "sddmm: column_indices"));
-  JAXSPARSE_RETURN_IF_ERROR(CheckRank(row_indices, 1, "sddmm: row_indices"));
   JAXSPARSE_RETURN_IF_ERROR(CheckRank(*out, 2, "sddmm: result"));
 
   const ffi::DataType dtype = out->element_type();

@@ -26,7 +26,6 @@ ffi::Error SddmmCudaImpl(cudaStream_t stream, ffi::AnyBuffer lhs, ffi::AnyBuffer
       {&row_offsets, &column_indices, &row_indices}));
   JAXSPARSE_RETURN_IF_ERROR(CheckRankOf(kTarget, lhs, 3, "lhs"));
   JAXSPARSE_RETURN_IF_ERROR(CheckRankOf(kTarget, rhs, 3, "rhs"));
-  JAXSPARSE_RETURN_IF_ERROR(CheckRankOf(kTarget, column_indices, 1, "column_indices"));
   JAXSPARSE_RETURN_IF_ERROR(CheckRankOf(kTarget, *out, 2, "the result"));
   int m;
   JAXSPARSE_RETURN_IF_ERROR(CheckRows(kTarget, row_offsets, row_indices, &m));

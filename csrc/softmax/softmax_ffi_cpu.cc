@@ -20,8 +20,6 @@ ffi::Error CheckSoftmaxTopology(const char* op, IndexSegment row_offsets,
                                 IndexSegment row_indices, const ffi::AnyBuffer& out,
                                 int* m, int* cap, int64_t* batch) {
   const std::string o(op);
-  JAXSPARSE_RETURN_IF_ERROR(CheckRank(row_offsets, 1, (o + ": row_offsets").c_str()));
-  JAXSPARSE_RETURN_IF_ERROR(CheckRank(row_indices, 1, (o + ": row_indices").c_str()));
   JAXSPARSE_RETURN_IF_ERROR(CheckRank(out, 2, (o + ": result").c_str()));
   const int64_t m1 = row_offsets.dimensions()[0];
   if (m1 < 1) return InvalidArgument(o + ": row_offsets must have m + 1 >= 1 entries, got 0");

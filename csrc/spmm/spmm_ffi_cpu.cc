@@ -20,9 +20,6 @@ ffi::Error SpmmCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer values, ffi::Buffer<
       topology, segments, "spmm", {"row_offsets", "column_indices", "row_indices"},
       {&row_offsets, &column_indices, &row_indices}));
   JAXSPARSE_RETURN_IF_ERROR(CheckRank(values, 2, "spmm: values"));
-  JAXSPARSE_RETURN_IF_ERROR(CheckRank(row_offsets, 1, "spmm: row_offsets"));
-  JAXSPARSE_RETURN_IF_ERROR(CheckRank(column_indices, 1, "spmm: column_indices"));
-  JAXSPARSE_RETURN_IF_ERROR(CheckRank(row_indices, 1, "spmm: row_indices"));
   JAXSPARSE_RETURN_IF_ERROR(CheckRank(dense, 3, "spmm: b"));
   JAXSPARSE_RETURN_IF_ERROR(CheckRank(*out, 3, "spmm: result"));
 

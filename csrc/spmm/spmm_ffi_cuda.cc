@@ -25,7 +25,6 @@ ffi::Error SpmmCudaImpl(cudaStream_t stream, ffi::AnyBuffer values, ffi::Buffer<
       topology, segments, "jaxsparse_spmm_cuda", {"row_offsets", "column_indices", "row_indices"},
       {&row_offsets, &column_indices, &row_indices}));
   JAXSPARSE_RETURN_IF_ERROR(CheckRankOf(kTarget, values, 2, "values"));
-  JAXSPARSE_RETURN_IF_ERROR(CheckRankOf(kTarget, column_indices, 1, "column_indices"));
   JAXSPARSE_RETURN_IF_ERROR(CheckRankOf(kTarget, b, 3, "b"));
   JAXSPARSE_RETURN_IF_ERROR(CheckRankOf(kTarget, *out, 3, "the result"));
   int m;

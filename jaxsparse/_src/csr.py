@@ -218,10 +218,6 @@ class Topology:
   t_perm = property(lambda self: self._get("t_perm"))
   t_perm_inv = property(lambda self: self._get("t_perm_inv"))
 
-  def fields(self) -> tuple:
-    """The eight arrays, in the order of `_fields`, as seen by this view."""
-    return tuple(self._get(f) for f in self._fields)
-
   @property
   def T(self) -> "Topology":
     """The topology of the transpose; no computation."""
