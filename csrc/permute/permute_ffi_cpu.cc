@@ -17,8 +17,7 @@ ffi::Error PermuteCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer values,
                           ffi::Span<const int64_t> segments) {
   IndexSegment perm;
   JAXSPARSE_RETURN_IF_ERROR(TopologySegments(
-      topology, segments, "permute", {"perm"},
-      {&perm}));
+      topology, segments, "permute", {"perm"}, {&perm}));
   JAXSPARSE_RETURN_IF_ERROR(CheckRank(values, 2, "permute: values"));
   JAXSPARSE_RETURN_IF_ERROR(CheckRank(*out, 2, "permute: result"));
   const ffi::DataType dtype = out->element_type();

@@ -21,8 +21,7 @@ ffi::Error PermuteCudaImpl(cudaStream_t stream, ffi::AnyBuffer values,
                            ffi::Span<const int64_t> segments) {
   IndexSegment perm;
   JAXSPARSE_RETURN_IF_ERROR(TopologySegments(
-      topology, segments, "jaxsparse_permute_cuda", {"perm"},
-      {&perm}));
+      topology, segments, kTarget, {"perm"}, {&perm}));
   JAXSPARSE_RETURN_IF_ERROR(CheckRankOf(kTarget, values, 2, "values"));
   JAXSPARSE_RETURN_IF_ERROR(CheckRankOf(kTarget, *out, 2, "the result"));
   const auto v_dims = values.dimensions();

@@ -22,7 +22,7 @@ ffi::Error SddmmCudaImpl(cudaStream_t stream, ffi::AnyBuffer lhs, ffi::AnyBuffer
                          ffi::Span<const int64_t> segments) {
   IndexSegment row_offsets, column_indices, row_indices;
   JAXSPARSE_RETURN_IF_ERROR(TopologySegments(
-      topology, segments, "jaxsparse_sddmm_cuda", {"row_offsets", "column_indices", "row_indices"},
+      topology, segments, kTarget, {"row_offsets", "column_indices", "row_indices"},
       {&row_offsets, &column_indices, &row_indices}));
   JAXSPARSE_RETURN_IF_ERROR(CheckRankOf(kTarget, lhs, 3, "lhs"));
   JAXSPARSE_RETURN_IF_ERROR(CheckRankOf(kTarget, rhs, 3, "rhs"));

@@ -49,7 +49,7 @@ ffi::Error SoftmaxCudaImpl(cudaStream_t stream, ffi::AnyBuffer values,
                            ffi::Span<const int64_t> segments) {
   IndexSegment row_offsets, row_indices;
   JAXSPARSE_RETURN_IF_ERROR(TopologySegments(
-      topology, segments, "jaxsparse_softmax_cuda", {"row_offsets", "row_indices"},
+      topology, segments, kSoftmaxTarget, {"row_offsets", "row_indices"},
       {&row_offsets, &row_indices}));
   int batch, cap, m, values_batch;
   JAXSPARSE_RETURN_IF_ERROR(
@@ -74,7 +74,7 @@ ffi::Error SoftmaxGradCudaImpl(cudaStream_t stream, ffi::AnyBuffer y, ffi::AnyBu
                                ffi::Span<const int64_t> segments) {
   IndexSegment row_offsets, row_indices;
   JAXSPARSE_RETURN_IF_ERROR(TopologySegments(
-      topology, segments, "jaxsparse_softmax_grad_cuda", {"row_offsets", "row_indices"},
+      topology, segments, kGradTarget, {"row_offsets", "row_indices"},
       {&row_offsets, &row_indices}));
   int batch, cap, m, y_batch, g_batch;
   JAXSPARSE_RETURN_IF_ERROR(

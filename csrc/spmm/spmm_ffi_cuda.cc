@@ -22,7 +22,7 @@ ffi::Error SpmmCudaImpl(cudaStream_t stream, ffi::AnyBuffer values, ffi::Buffer<
                         ffi::Span<const int64_t> segments) {
   IndexSegment row_offsets, column_indices, row_indices;
   JAXSPARSE_RETURN_IF_ERROR(TopologySegments(
-      topology, segments, "jaxsparse_spmm_cuda", {"row_offsets", "column_indices", "row_indices"},
+      topology, segments, kTarget, {"row_offsets", "column_indices", "row_indices"},
       {&row_offsets, &column_indices, &row_indices}));
   JAXSPARSE_RETURN_IF_ERROR(CheckRankOf(kTarget, values, 2, "values"));
   JAXSPARSE_RETURN_IF_ERROR(CheckRankOf(kTarget, b, 3, "b"));
