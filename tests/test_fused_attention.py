@@ -1,6 +1,6 @@
 """The fused attention path (implementation="fused", the default without bias, mask,
 dropout or returned weights) against a float64 numpy oracle and against the
-unfused path: head dims on the register-blocked and the generic kernels, causal,
+unfused path: head dims on the register-blocked, wide and generic kernels, causal,
 empty rows, nnz = 0, grouped-query heads, broadcast batch dims, every dtype,
 gradients (first order against the oracle, check_grads order 2 in float64, forward
 and reverse mode), jit/vmap, residual memory (no nnz-sized float array in the
@@ -70,7 +70,8 @@ def _check(out, ref, dtype, q, k, v):
 
 # head dims (AVX-512 float, 16 lanes): 16/48/64/80/96/112/128 take the register-
 # blocked kernels with 1, 3, 4, 5, 6, 7, 8 whole vectors; 24/40/72 the same with a
-# partial last vector (2, 3, 5 vectors); 5 and (64, 32) the generic ones.
+# partial last vector (2, 3, 5 vectors); 5 and (64, 32) the wide ones. Under AVX2
+# (8 lanes) 80-128 are 10-16 vectors, on the wide kernels.
 @pytest.mark.parametrize("d,dv", [(16, 16), (48, 48), (64, 64), (80, 80), (96, 96), (112, 112),
                                   (128, 128), (24, 24), (40, 40), (72, 72), (5, 5), (64, 32)],
                          ids=str)
@@ -133,14 +134,16 @@ def test_grouped_query_and_broadcast_batch(rng):
 # The register-blocked kernels are compiled for the AVX2 and AVX-512 structs
 # (float32 and the half types); float64 and the baseline ISA run the generic ones.
 # In float32 under AVX2 (8 lanes) 16, 24, 40, 48, 56 are 2, 3, 5, 6, 7 whole
-# vectors, 20 and 60 are 3 and 8 with the last partial, 6 is generic; under
-# AVX-512 (16 lanes) 16 and 48 are 1 and 3 vectors, 24, 40, 56, 20, 60 have a
-# partial last vector. float64 checks the generic kernels to 1e-11.
+# vectors, 20 and 60 are 3 and 8 with the last partial, 6, 80 and 100 (1, 10 and
+# 13 vectors) take the wide kernels; under AVX-512 (16 lanes) 16, 48 and 80 are 1, 3
+# and 5 vectors, 24, 40, 56, 20, 60, 100 have a partial last vector, 6 is wide.
+# float64 checks the generic kernels to 1e-11.
 @pytest.mark.parametrize("dtype,d,causal",
                          [(np.float32, 16, False), (np.float32, 24, True),
                           (np.float32, 40, False), (np.float32, 48, True),
                           (np.float32, 56, False), (np.float32, 20, True),
                           (np.float32, 60, False), (np.float32, 6, True),
+                          (np.float32, 80, True), (np.float32, 100, False),
                           (np.float64, 20, True), (np.float64, 6, False)],
                          ids=lambda x: np.dtype(x).name if isinstance(x, type) else str(x))
 def test_grads_match_oracle(rng, dtype, d, causal):
@@ -204,7 +207,7 @@ MASKS = {
 
 @pytest.mark.parametrize("mask_kind", list(MASKS))
 @pytest.mark.parametrize("d,kv_heads", [(16, 4), (24, 2), (6, 2)],
-                         ids=["regs-mha", "regs-partial-gqa", "generic-gqa"])
+                         ids=["regs-mha", "regs-partial-gqa", "wide-gqa"])
 def test_mask_matches_unfused(rng, mask_kind, kv_heads, d):
   """A mask runs on the fused path (one byte per stored entry), equal to the unfused
   path forward and backward; rows left with no key give zeros."""
@@ -240,8 +243,8 @@ def test_mask_check_grads_order2_and_vmap(rng):
 
 @pytest.mark.parametrize("d,kv_heads,broadcast",
                          [(16, 4, True), (16, 2, False), (6, 4, False), (6, 2, True)],
-                         ids=["regs-mha-shared", "regs-gqa-per_head", "generic-mha-per_head",
-                              "generic-gqa-shared"])
+                         ids=["regs-mha-shared", "regs-gqa-per_head", "wide-mha-per_head",
+                              "wide-gqa-shared"])
 def test_dropout_matches_unfused(rng, broadcast, kv_heads, d):
   """Dropout runs on the fused path with the unfused path's random draw: equal
   outputs and gradients (with a mask too)."""
@@ -260,6 +263,34 @@ def test_dropout_matches_unfused(rng, broadcast, kv_heads, d):
   no_dropout = jax.jit(lambda q, k, v: sdpa(q, k, v, topo, mask=mask))(q, k, v)
   assert not np.allclose(out, no_dropout)   # dropout did something
   _check_grads_fused_default(f, q, k, v)
+
+
+# The wide kernels: d == dv of more than 8 vectors (AVX2 float32: 72 and 136 are 9 and
+# 17 vectors, summed in chunks of 5 + 4 and 6 + 6 + 5; AVX-512: 136 and 264 are 9 and
+# 17 vectors, the last partial), d != dv (both sets), and a half type in whole
+# vectors. Forward against the float64 oracle; float32 gradients, with a mask and
+# dropout, against the unfused path.
+@pytest.mark.parametrize("d,dv,dtype", [(72, 72, np.float32), (136, 136, np.float32),
+                                        (264, 264, np.float32), (40, 24, np.float32),
+                                        (20, 100, np.float32), (80, 80, jnp.bfloat16)],
+                         ids=lambda x: np.dtype(x).name if isinstance(x, type) else str(x))
+def test_wide_head_dims(rng, d, dv, dtype):
+  m, n = 14, 12
+  mask = _mask(rng, m, n, 0.5, empty_rows=(2,))
+  topo = js.CSR.from_mask(mask)
+  q, k, v = _qkv(rng, (2,), m, n, 2, d, dv, dtype)
+  out = jax.jit(lambda q, k, v: sdpa(q, k, v, topo, is_causal=True,
+                                     implementation="fused"))(q, k, v)
+  assert out.shape == (2, m, 2, dv) and out.dtype == np.dtype(dtype)
+  _check(out, _oracle(q, k, v, mask, causal=True), dtype, q, k, v)
+  if dtype == np.float32:
+    keep = jnp.asarray(rng.random((2, 1, m, n)) < 0.7)
+    f = lambda impl: lambda q, k, v: sdpa(q, k, v, topo, mask=keep, is_causal=True,  # noqa: E731
+                                          dropout_rate=0.25, dropout_rng=jax.random.key(5),
+                                          implementation=impl)
+    np.testing.assert_allclose(jax.jit(f("fused"))(q, k, v), jax.jit(f("unfused"))(q, k, v),
+                               rtol=1e-5, atol=1e-5)
+    _check_grads_fused_default(f, q, k, v)
 
 
 def test_dropout_check_grads_order2(rng):
