@@ -295,7 +295,7 @@ UNIT_DOC = {"spmm": "useful GFLOP/s = 2*nnz*N / time",
 
 
 # -- run ------------------------------------------------------------------------------
-def run_workload(w, root, args, dtype, setup, peers, prog="bench", isolated=()):
+def run_workload(w, root, args, dtype, setup, peers, prog="bench", isolated=(), calls=1):
   """Checks and times jaxsparse and its peers on one workload; returns the row.
 
   Peers in `isolated` are timed after the interleaved rounds of the others, in
@@ -337,6 +337,7 @@ def run_workload(w, root, args, dtype, setup, peers, prog="bench", isolated=()):
   apart = {k: v for k, v in timed.items() if k in isolated}
   for group in (together, apart):
     for method, t in time_fns(group, args.repeats, args.min_time, args.min_calls).items():
+      t /= calls
       row["times_ms"][method] = t * 1e3
       row["rate"][method] = work / t / 1e9
   tj = row["times_ms"]["jaxsparse"]

@@ -26,6 +26,9 @@ its peers are interleaved (round by round), so a slow spell of a shared machine
 hits all of them alike. ratio = peer_time / jaxsparse_time (> 1: jaxsparse is
 faster).
 
+`--in-graph K`: each method runs as K calls on K different inputs inside one jitted
+lax.fori_loop (see in_graph); the reported time is per call.
+
 Before timing, jaxsparse's result is checked against a float64 oracle with the
 per-dtype tolerance of jaxsparse.testing on every workload (abort if wrong);
 peers are checked too (a warning if wrong).
@@ -149,6 +152,82 @@ def setup_softmax(a: js.CSR, w: dict, dtype):
 SETUP = {"spmm": setup_spmm, "sddmm": setup_sddmm, "softmax": setup_softmax}
 
 
+# -- in-graph timing (--in-graph K) ------------------------------------------------------
+# Per method, the positions of the arguments that change from call to call: the
+# activations (sddmm: lhs and rhs; spmm: the dense B) or softmax's values. The sparse
+# operand (topology, mask, indices; spmm's dense A: a pruned layer's weights) stays the
+# same.
+VARYING = {
+    "spmm": {"jaxsparse": (1,), "dense": (1,), "bcsr": (1,), "bcoo": (1,)},
+    "sddmm": {"jaxsparse": (0, 1), "dense": (0, 1), "bcoo_sampled": (0, 1)},
+    "softmax": {"jaxsparse": (0,), "dense": (0,)},
+}
+IN_GRAPH_SKIPPED = {"scipy": "not a JAX op: it has no in-graph form"}
+
+
+def in_graph(fn, args, varying, k):
+  """A jitted g(*args) that runs fn K times in a lax.fori_loop, the i-th time with the
+  arguments at positions `varying` scaled by 1 + (K - 1 - i) / K (so the last call sees
+  the originals and is checked like one call), and returns the last call's output.
+
+  The scale depends on the loop counter, so XLA can neither hoist a call (or part of
+  one: with sddmm's rhs fixed it hoisted bcoo_dot_general_sampled's gather of the rhs
+  rows) out of the loop nor merge the K calls into one (a chain of identical calls in
+  one jit is merged: benchmarks/NOTES.md, session 10); the loop runs them one after
+  another, each on inputs just written, as an op inside a model sees its
+  activations. The time of g / K is what one call costs inside a compiled model,
+  without JAX's per-call dispatch. The scaling (one elementwise pass over each varying
+  argument; XLA may fuse it into a peer's first op, never into jaxsparse's custom call)
+  and the loop's bookkeeping are in every method's time: `loop_floor` times them alone.
+  """
+  out_shape = jax.eval_shape(fn, *args)
+
+  @jax.jit
+  def g(*all_args):
+    def scaled(x, i):  # in float32, or float64 for float64 (the last call is exact)
+      ct = jnp.promote_types(x.dtype, jnp.float32)
+      return (x.astype(ct) * (1 + (k - 1 - i).astype(ct) / k)).astype(x.dtype)
+
+    def body(i, _):
+      return fn(*[scaled(x, i) if j in varying else x for j, x in enumerate(all_args)])
+    init = jax.tree.map(lambda sd: jnp.zeros(sd.shape, sd.dtype), out_shape)
+    return jax.lax.fori_loop(0, k, body, init)
+
+  return g, args
+
+
+def loop_floor(args, varying, k):
+  """The loop of `in_graph` with the call replaced by returning the scaled arguments,
+  so each iteration writes them out as it does for an op's operand (returning one
+  element of each let XLA compute only that element)."""
+  return in_graph(lambda *xs: tuple(xs[j] for j in varying), args, varying, k)
+
+
+def in_graph_setup(op, k):
+  def setup(a, w, dtype):
+    if op == "softmax":  # the values vary; the topology is a constant of the jitted fn
+      x, mask, check = C.softmax_inputs(a, dtype)
+      fns = {"jaxsparse": (jax.jit(lambda v: js.sparse_softmax(a.with_values(v)).values),
+                           (a.values,)),
+             "dense": C.softmax_peers(a, x, mask)["dense"]}
+      work = C.work_of(op, a, w, dtype)
+    else:
+      fns, check, work = SETUP[op](a, w, dtype)
+    fns = {m: in_graph(fn, args, VARYING[op][m], k) for m, (fn, args) in fns.items()
+           if m in VARYING[op]}
+    # The loop alone, with jaxsparse's varying arguments (not checked; not a peer).
+    fns["loop_floor"] = loop_floor(fns["jaxsparse"][1], VARYING[op]["jaxsparse"], k)
+
+    def check_or_skip(method, out, tol_dtype=None):
+      if method != "loop_floor":
+        check(method, out, tol_dtype)   # the last call's inputs are the originals
+
+    return fns, check_or_skip, work
+
+
+  return setup
+
+
 # -- linearity sweep -------------------------------------------------------------------
 SWEEP_DENSITIES = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
 SWEEP_NS = (64, 128, 256, 512, 1024, 2048, 4096)
@@ -227,19 +306,25 @@ def sweep_plot(res, path):
 def run_workload(w, root, args, dtype):
   peers = PEERS[args.op]
 
-  def setup(a, w, dtype):  # only the chosen peers (--peers) are checked and timed
-    fns, check, work = SETUP[args.op](a, w, dtype)
-    return {k: v for k, v in fns.items() if k == "jaxsparse" or k in peers}, check, work
+  base = in_graph_setup(args.op, args.in_graph) if args.in_graph else SETUP[args.op]
 
-  return C.run_workload(w, root, args, dtype, setup, peers, prog="bench_cpu", isolated=ISOLATED)
+  def setup(a, w, dtype):  # only the chosen peers (--peers) are checked and timed
+    fns, check, work = base(a, w, dtype)
+    return ({k: v for k, v in fns.items() if k in ("jaxsparse", "loop_floor") or k in peers},
+            check, work)
+
+  return C.run_workload(w, root, args, dtype, setup, peers, prog="bench_cpu", isolated=ISOLATED,
+                        calls=args.in_graph or 1)
 
 
 def summaries(rows, op):
   return C.summaries(rows, op, PEERS[op])
 
 
-def skipped_peers(op, dtype_name):
+def skipped_peers(op, dtype_name, in_graph=0):
   out = dict(SKIPPED[op])
+  if in_graph:
+    out.update({p: v for p, v in IN_GRAPH_SKIPPED.items() if p in PEERS[op]})
   if op == "spmm" and dtype_name == "bfloat16":
     out["scipy"] = "numpy has no bfloat16"
   return out
@@ -249,12 +334,20 @@ def markdown(rows, summary, op, meta):
   unit = UNIT[op]
   peers = C.table_peers(rows, PEERS[op])
   path = "C++ FFI kernels" if meta["kernels"] else "jax.numpy reference lowering, no kernels"
-  lines = [f"## jaxsparse {op} on CPU ({path}; {meta['dtype']})", "",
+  where = (f"; in-graph: {meta['in_graph']} calls on different inputs in one jitted lax.scan, "
+           "time per call" if meta.get("in_graph") else "")
+  lines = [f"## jaxsparse {op} on CPU ({path}; {meta['dtype']}{where})", "",
            f"{meta['cpu']} ({meta['isa']} kernels), "
            f"{meta['nproc']} cores; jax {meta['jax']}; {UNIT_DOC[op]}; "
            "times are medians in ms; x = peer time / jaxsparse time (> 1: jaxsparse faster).",
            ""]
-  lines += C.rows_table(rows, op, peers, [(unit, lambda r: C.fmt(r["rate"]["jaxsparse"]))])
+  cols = [(unit, lambda r: C.fmt(r["rate"]["jaxsparse"]))]
+  if meta.get("in_graph"):
+    cols.append(("loop ms", lambda r: C.fmt(r["times_ms"].get("loop_floor"))))
+  lines += C.rows_table(rows, op, peers, cols)
+  if meta.get("in_graph"):
+    lines += ["", "loop ms: the same loop with the call replaced by writing out the scaled "
+              "inputs (the scaling and the loop alone); it is inside every method's time."]
   lines += ["", "Geometric mean of x (peer time / jaxsparse time):", ""]
   lines += C.summary_table(summary, PEERS[op])
   skipped = meta["skipped_peers"]
@@ -288,6 +381,11 @@ def main(argv=None):
   ap.add_argument("--min-calls", type=int, default=3, help="minimum calls per repeat")
   ap.add_argument("--out", default=None, help="JSON output (default benchmarks/results/cpu_<op>.json)")
   ap.add_argument("--plot", default=None, help="PNG of speedup vs sparsity per peer")
+  ap.add_argument("--in-graph", type=int, default=0, metavar="K",
+                  help="time each method as K calls on K different inputs inside one jitted "
+                       "lax.scan (the cost of the op inside a compiled model, without the "
+                       "per-call dispatch); times are per call; default JSON "
+                       "results/cpu_<op>_in_graph.json")
   ap.add_argument("--sweep", action="store_true",
                   help="spmm only: time against nnz and against N (linearity); writes "
                        "results/cpu_sweep.json (or --out) and --plot")
@@ -301,7 +399,8 @@ def main(argv=None):
     PEERS[args.op] = chosen
   args.repeats = args.repeats or (3 if args.quick else 7)
   args.min_time = args.min_time if args.min_time is not None else (0.05 if args.quick else 0.1)
-  out_path = args.out or os.path.join(HERE, "results", f"cpu_{args.op}.json")
+  suffix = "_in_graph" if args.in_graph else ""
+  out_path = args.out or os.path.join(HERE, "results", f"cpu_{args.op}{suffix}.json")
   dtype = DTYPES[args.dtype]
   if args.dtype == "float64":
     jax.config.update("jax_enable_x64", True)
@@ -360,7 +459,8 @@ def main(argv=None):
       sddmm_d=SDDMM_D if args.op == "sddmm" else None,
       peers={p: PEER_DOC[p][args.op] for p in PEERS[args.op]},
       timed_apart=[p for p in ISOLATED if p in PEERS[args.op]],
-      skipped_peers=skipped_peers(args.op, args.dtype), ratio="peer_time / jaxsparse_time (>1: jaxsparse faster)",
+      skipped_peers=skipped_peers(args.op, args.dtype, args.in_graph), in_graph=args.in_graph,
+      ratio="peer_time / jaxsparse_time (>1: jaxsparse faster)",
       wall_s=round(time.time() - t_start, 1))
   print(markdown(rows, summary, args.op, meta))
   C.write_json(out_path, dict(meta=meta, summary=summary, rows=rows))
