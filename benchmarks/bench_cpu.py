@@ -224,7 +224,6 @@ def in_graph_setup(op, k):
 
     return fns, check_or_skip, work
 
-
   return setup
 
 
@@ -334,7 +333,7 @@ def markdown(rows, summary, op, meta):
   unit = UNIT[op]
   peers = C.table_peers(rows, PEERS[op])
   path = "C++ FFI kernels" if meta["kernels"] else "jax.numpy reference lowering, no kernels"
-  where = (f"; in-graph: {meta['in_graph']} calls on different inputs in one jitted lax.scan, "
+  where = (f"; in-graph: {meta['in_graph']} calls on different inputs in one jitted lax.fori_loop, "
            "time per call" if meta.get("in_graph") else "")
   lines = [f"## jaxsparse {op} on CPU ({path}; {meta['dtype']}{where})", "",
            f"{meta['cpu']} ({meta['isa']} kernels), "
@@ -383,7 +382,7 @@ def main(argv=None):
   ap.add_argument("--plot", default=None, help="PNG of speedup vs sparsity per peer")
   ap.add_argument("--in-graph", type=int, default=0, metavar="K",
                   help="time each method as K calls on K different inputs inside one jitted "
-                       "lax.scan (the cost of the op inside a compiled model, without the "
+                       "lax.fori_loop (the cost of the op inside a compiled model, without the "
                        "per-call dispatch); times are per call; default JSON "
                        "results/cpu_<op>_in_graph.json")
   ap.add_argument("--sweep", action="store_true",
