@@ -111,10 +111,11 @@ def test_nnx_sow_weights(rng):
   dense = nnx.MultiHeadAttention(H, F, decode=False, rngs=nnx.Rngs(0))
   sparse = jsf.SparseMultiHeadAttention(H, F, topology=topo, rngs=nnx.Rngs(0))
   x = _x(rng)
-  dense(x, mask=_dense_mask(topo), sow_weights=True)
-  sparse(x, sow_weights=True)
-  (wd,) = nnx.pop(dense, nnx.Intermediate)["attention_weights"].get_value()
-  (ws,) = nnx.pop(sparse, nnx.Intermediate)["attention_weights"].get_value()
+  # Read back through nnx.capture (flax >= 0.12.12 deprecates sow outside it).
+  _, sd = nnx.capture(dense, nnx.Intermediate)(x, mask=_dense_mask(topo), sow_weights=True)
+  _, ss = nnx.capture(sparse, nnx.Intermediate)(x, sow_weights=True)
+  (wd,) = sd["attention_weights"].get_value()
+  (ws,) = ss["attention_weights"].get_value()
   assert ws.values.shape == (2, H, topo.nnz)
   np.testing.assert_allclose(ws.todense(), wd, rtol=1e-5, atol=1e-6)
 

@@ -62,6 +62,9 @@ EXPECTED = {
     "shard_map_grad": [],
     # Explicit-sharding mode (sharded types), data x heads, forward and gradient.
     "attention_explicit_sharding": [],
+    "spmm_explicit_data_and_column_split": [],
+    "spmm_explicit_fallback_k_sharded": ["all-gather"],
+    "sddmm_explicit_grad": [],
     # The fallback: sharding a dim that must be whole (b's k) gathers it.
     "spmm_fallback_k_sharded": ["all-gather"],
 }

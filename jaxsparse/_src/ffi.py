@@ -86,6 +86,18 @@ class ShardingSpec:
     self.shardable = frozenset(shardable)
     self.num_topology = num_topology
 
+  def results(self, operands, shapes, dtypes):
+    """The ShapedArrays an abstract eval returns for results of these shapes and
+    dtypes (a list, one per result), each with the sharding the partitioner gives
+    it: under explicit sharding (`jax.sharding.AxisType.Explicit`) a result's type
+    carries a spec, and `operand.update(shape=...)` would carry the operand's spec
+    over to a result of another rank or meaning (jax >= 0.11 rejects the rank
+    mismatch; 0.10 truncated the spec). Outside explicit sharding every spec is
+    all None, and so is each result's."""
+    from jaxsparse._src import sharding
+
+    return sharding.result_avals(self, operands, shapes, dtypes)
+
 
 def register_lowerings(prim, reference, ffi_impl, op: str, spec: ShardingSpec,
                        platforms=("cpu", "cuda")):

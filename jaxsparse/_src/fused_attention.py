@@ -80,6 +80,16 @@ attention_bwd_p = Primitive("jaxsparse_attention_bwd")
 attention_bwd_p.multiple_results = True
 
 
+# How each partitions (sharding.py); keep and drop get their own factors: either may
+# be [*1, 0] (none).
+_QKV = [("m", "d"), ("n", "d"), ("n", "dv"), ("nnz_keep",), ("nnz_drop",)]
+_FWD_SHARDING = ShardingSpec(core=_QKV, out_core=[("m", "dv"), ("m",)], num_topology=NT)
+_TANGENT_SHARDING = ShardingSpec(core=_QKV + [("m", "dv"), ("m",)] + _QKV[:3],
+                                 out_core=[("m", "dv"), ("m",)], num_topology=NT)
+_BWD_SHARDING = ShardingSpec(core=_QKV + [("m",), ("m",), ("m", "dv")],
+                             out_core=[("m", "d"), ("n", "d"), ("n", "dv")], num_topology=NT)
+
+
 # -- abstract eval ----------------------------------------------------------------
 def _check(name, shape, q, k, v):
   m, n = shape
@@ -104,13 +114,15 @@ def _fwd_abstract_eval(q, k, v, keep, drop, *topo, shape, transposed, causal, dr
   _check_entry_masks("jaxsparse_attention_fwd", cap, keep=keep, drop=drop)
   batch = common.batch_shape(q, k, v, keep, drop, core_ndims=(2, 2, 2, 1, 1))
   m = shape[0]
-  return (q.update(shape=batch + (m, v.shape[-1]), dtype=q.dtype),
-          q.update(shape=batch + (m,), dtype=common.acc_dtype(q.dtype)))
+  return tuple(_FWD_SHARDING.results((q, k, v, keep, drop, *topo),
+                                     [batch + (m, v.shape[-1]), batch + (m,)],
+                                     [q.dtype, common.acc_dtype(q.dtype)]))
 
 
 def _tangent_abstract_eval(q, k, v, keep, drop, out, lse, tq, tk, tv, *topo, **params):
-  del out, tq, tk, tv
-  return _fwd_abstract_eval(q, k, v, keep, drop, *topo, **params)
+  avals = _fwd_abstract_eval(q, k, v, keep, drop, *topo, **params)
+  return tuple(_TANGENT_SHARDING.results((q, k, v, keep, drop, out, lse, tq, tk, tv, *topo),
+                                         [a.shape for a in avals], [a.dtype for a in avals]))
 
 
 def _bwd_abstract_eval(q, k, v, keep, drop, lse, delta, dout, *topo, shape, transposed, causal,
@@ -121,9 +133,10 @@ def _bwd_abstract_eval(q, k, v, keep, drop, lse, delta, dout, *topo, shape, tran
   batch = common.batch_shape(q, k, v, keep, drop, lse, delta, dout,
                              core_ndims=(2, 2, 2, 1, 1, 1, 1, 2))
   m, n = shape
-  return (q.update(shape=batch + (m, q.shape[-1]), dtype=q.dtype),
-          q.update(shape=batch + (n, k.shape[-1]), dtype=q.dtype),
-          q.update(shape=batch + (n, v.shape[-1]), dtype=q.dtype))
+  return tuple(_BWD_SHARDING.results(
+      (q, k, v, keep, drop, lse, delta, dout, *topo),
+      [batch + (m, q.shape[-1]), batch + (n, k.shape[-1]), batch + (n, v.shape[-1])],
+      [q.dtype] * 3))
 
 
 # -- the math with the other primitives (reference lowering and higher derivatives) --
@@ -353,19 +366,9 @@ batching.primitive_batchers[attention_fwd_p] = _batcher(attention_fwd_p, 5)
 batching.primitive_batchers[attention_tangent_p] = _batcher(attention_tangent_p, 10)
 batching.primitive_batchers[attention_bwd_p] = _batcher(attention_bwd_p, 8)
 
-# keep and drop get their own factors: either may be [*1, 0] (none).
-_QKV = [("m", "d"), ("n", "d"), ("n", "dv"), ("nnz_keep",), ("nnz_drop",)]
 register_lowerings(attention_fwd_p, _reference(attention_fwd_p, _fwd_composite), _fwd_ffi,
-                   "attention_fwd",
-                   ShardingSpec(core=_QKV, out_core=[("m", "dv"), ("m",)], num_topology=NT),
-                   platforms=("cpu",))
+                   "attention_fwd", _FWD_SHARDING, platforms=("cpu",))
 register_lowerings(attention_tangent_p, _reference(attention_tangent_p, _tangent_composite),
-                   None, "attention_tangent",
-                   ShardingSpec(core=_QKV + [("m", "dv"), ("m",)] + _QKV[:3],
-                                out_core=[("m", "dv"), ("m",)], num_topology=NT),
-                   platforms=())
+                   None, "attention_tangent", _TANGENT_SHARDING, platforms=())
 register_lowerings(attention_bwd_p, _reference(attention_bwd_p, _bwd_composite), _bwd_ffi,
-                   "attention_bwd",
-                   ShardingSpec(core=_QKV + [("m",), ("m",), ("m", "dv")],
-                                out_core=[("m", "d"), ("n", "d"), ("n", "dv")], num_topology=NT),
-                   platforms=("cpu",))
+                   "attention_bwd", _BWD_SHARDING, platforms=("cpu",))

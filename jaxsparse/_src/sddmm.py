@@ -49,6 +49,8 @@ def sddmm(lhs, rhs, topology) -> CSR:
 
 # -- primitive --------------------------------------------------------------------
 sddmm_p = Primitive("jaxsparse_sddmm")
+_SHARDING = ShardingSpec(core=[("m", "d"), ("n", "d")], out_core=("nnz",),
+                         num_topology=common.NUM_TOPOLOGY_ARRAYS)
 
 
 # -- abstract eval ----------------------------------------------------------------
@@ -60,7 +62,7 @@ def _sddmm_abstract_eval(lhs, rhs, *topo, shape, transposed):
                      f"{lhs.shape} and {rhs.shape}")
   batch = common.batch_shape(lhs, rhs, core_ndims=(2, 2))
   cap = Topology(*topo, shape=shape, transposed=transposed).cap
-  return lhs.update(shape=batch + (cap,), dtype=lhs.dtype)
+  return _SHARDING.results((lhs, rhs, *topo), [batch + (cap,)], [lhs.dtype])[0]
 
 
 # -- reference implementation -----------------------------------------------------
@@ -109,6 +111,4 @@ sddmm_p.def_abstract_eval(_sddmm_abstract_eval)
 ad.primitive_jvps[sddmm_p] = common.bilinear_jvp(sddmm_p)
 ad.primitive_transposes[sddmm_p] = _sddmm_transpose
 batching.primitive_batchers[sddmm_p] = common.pair_batcher(sddmm_p, "sddmm")
-register_lowerings(sddmm_p, _sddmm_reference, _sddmm_ffi, "sddmm",
-                   ShardingSpec(core=[("m", "d"), ("n", "d")], out_core=("nnz",),
-                                num_topology=common.NUM_TOPOLOGY_ARRAYS))
+register_lowerings(sddmm_p, _sddmm_reference, _sddmm_ffi, "sddmm", _SHARDING)

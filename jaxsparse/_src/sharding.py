@@ -21,7 +21,10 @@ lower the primitive directly, exactly as without this module.
 
 from __future__ import annotations
 
+import math
+
 import jax
+import jax.numpy as jnp
 from jax.experimental.custom_partitioning import custom_partitioning
 from jax.interpreters import mlir
 from jax.sharding import NamedSharding, PartitionSpec
@@ -111,6 +114,68 @@ def choose_shardings(mesh, ops, outs, shardable, arg_shardings, result_shardings
   return [pspec(fs) for fs in ops], [pspec(fs) for fs in outs]
 
 
+def result_avals(spec, operands, shapes, dtypes):
+  """See `ShardingSpec.results`: the results' specs are those `choose_shardings`
+  picks from the operands' specs, as the partitioner does when it lowers."""
+  like = operands[0]
+  plain = [jax.core.ShapedArray(tuple(s), d) for s, d in zip(shapes, dtypes)]
+  sh = getattr(like, "sharding", None)
+  if not isinstance(sh, NamedSharding):  # no sharding types here: nothing to carry
+    return [like.update(shape=a.shape, dtype=a.dtype) for a in plain]
+  ops, outs, shardable = factors(spec, operands, plain)
+  _, out_specs = choose_shardings(sh.mesh, ops, outs, shardable,
+                                  [getattr(x, "sharding", None) for x in operands], None)
+  return [like.update(shape=a.shape, dtype=a.dtype, sharding=NamedSharding(sh.mesh, ps))
+          for a, ps in zip(plain, out_specs)]
+
+
+def _explicit_mesh(avals):
+  """The mesh of explicit sharding (every axis `AxisType.Explicit`, as under
+  `jax.set_mesh` with explicit axes) that the operands' types carry, or None."""
+  for a in avals:
+    sh = getattr(a, "sharding", None)
+    mesh = getattr(sh, "mesh", None)
+    if mesh is not None and mesh.axis_names and getattr(mesh, "are_all_axes_explicit", False):
+      return mesh
+  return None
+
+
+def _explicit_shard_map(fun, mesh, ops, outs, shardable, ctx, multiple):
+  """Under explicit sharding the shardings are in the operands' types when the
+  primitive lowers, so the per-device computation is a `jax.shard_map` over them:
+  the specs `choose_shardings` gives, an operand resharded first where its type
+  shards a factor that must be whole (the fallback: an all-gather, as with
+  custom_partitioning). jax 0.11's custom_partitioning does not compile under
+  explicit axes (its partitioned body keeps a `Sharding` custom call: jax-ml/jax
+  issue 34811 and kin), and this path needs no compiler callback."""
+  in_specs, out_specs = choose_shardings(
+      mesh, ops, outs, shardable, [getattr(a, "sharding", None) for a in ctx.avals_in], None)
+
+  # Zero-size operands (attention's absent masks, [*1, 0]) are made inside the body:
+  # XLA 0.11 crashes compiling a manual computation with a zero-size operand.
+  empty = [math.prod(a.shape) == 0 and all(e is None for e in ps)
+           for a, ps in zip(ctx.avals_in, in_specs)]
+  avals = ctx.avals_in
+
+  def sharded(*xs):
+    xs = [x if getattr(x.aval, "sharding", None) is not None
+          and tuple(x.aval.sharding.spec) == tuple(ps)
+          else jax.sharding.reshard(x, ps) for x, ps in zip(xs, in_specs)]
+    passed = [x for x, e in zip(xs, empty) if not e]
+
+    def body(*ys):
+      it = iter(ys)
+      return fun(*[jnp.zeros(a.shape, a.dtype) if e else next(it)
+                   for a, e in zip(avals, empty)])
+
+    out_spec = tuple(out_specs) if multiple else out_specs[0]
+    return jax.shard_map(body, mesh=mesh,
+                         in_specs=tuple(ps for ps, e in zip(in_specs, empty) if not e),
+                         out_specs=out_spec, check_vma=False)(*passed)
+
+  return sharded
+
+
 def requires_devices(prim):
   """`custom_partitioning` needs the device assignment when it lowers: jax hands it
   to the lowering only for jaxprs holding a primitive in this registry (as its
@@ -134,6 +199,10 @@ def partitioned_lowering(impl, spec):
       return mlir.lower_fun(fun, multiple_results=multiple)(ctx, *args)
 
     ops, outs, shardable = factors(spec, ctx.avals_in, ctx.avals_out)
+    mesh = _explicit_mesh(ctx.avals_in)
+    if mesh is not None:
+      return mlir.lower_fun(_explicit_shard_map(fun, mesh, ops, outs, shardable, ctx, multiple),
+                            multiple_results=multiple)(ctx, *args)
     # In order of first appearance: Shardy wants the special factors sorted by index.
     need_replication = tuple(dict.fromkeys(
         f for fs in ops + outs for f in fs if f not in shardable))

@@ -50,6 +50,10 @@ def rowsum(x, topology: Topology):
 # -- primitives -------------------------------------------------------------------
 sparse_softmax_p = Primitive("jaxsparse_sparse_softmax")
 sparse_softmax_grad_p = Primitive("jaxsparse_sparse_softmax_grad")
+_SHARDING = ShardingSpec(core=[("nnz",)], out_core=("nnz",),
+                         num_topology=common.NUM_TOPOLOGY_ARRAYS)
+_GRAD_SHARDING = ShardingSpec(core=[("nnz",), ("nnz",)], out_core=("nnz",),
+                              num_topology=common.NUM_TOPOLOGY_ARRAYS)
 
 
 # -- abstract eval ----------------------------------------------------------------
@@ -57,14 +61,14 @@ def _softmax_abstract_eval(values, *topo, shape, transposed):
   cap = Topology(*topo, shape=shape, transposed=transposed).cap
   if values.ndim < 2 or values.shape[-1] != cap:
     raise ValueError(f"jaxsparse_sparse_softmax: expected values [*B, nnz], got {values.shape}")
-  return values.update(shape=values.shape, dtype=values.dtype)
+  return _SHARDING.results((values, *topo), [values.shape], [values.dtype])[0]
 
 
 def _softmax_grad_abstract_eval(y, g, *topo, shape, transposed):
   if y.shape != g.shape or y.ndim < 2 or y.dtype != g.dtype:
     raise ValueError(f"jaxsparse_sparse_softmax_grad: y and g must both be [*B, nnz] of one "
                      f"dtype, got {y.shape} {y.dtype} and {g.shape} {g.dtype}")
-  return y.update(shape=y.shape, dtype=y.dtype)
+  return _GRAD_SHARDING.results((y, g, *topo), [y.shape], [y.dtype])[0]
 
 
 # -- reference implementations ----------------------------------------------------
@@ -166,10 +170,6 @@ ad.primitive_jvps[sparse_softmax_grad_p] = _softmax_grad_jvp
 ad.primitive_transposes[sparse_softmax_grad_p] = _softmax_grad_transpose
 batching.primitive_batchers[sparse_softmax_p] = _softmax_batch
 batching.primitive_batchers[sparse_softmax_grad_p] = _softmax_grad_batch
-register_lowerings(sparse_softmax_p, _softmax_reference, _softmax_ffi, "softmax",
-                   ShardingSpec(core=[("nnz",)], out_core=("nnz",),
-                                num_topology=common.NUM_TOPOLOGY_ARRAYS))
+register_lowerings(sparse_softmax_p, _softmax_reference, _softmax_ffi, "softmax", _SHARDING)
 register_lowerings(sparse_softmax_grad_p, _softmax_grad_reference, _softmax_grad_ffi,
-                   "softmax_grad",
-                   ShardingSpec(core=[("nnz",), ("nnz",)], out_core=("nnz",),
-                                num_topology=common.NUM_TOPOLOGY_ARRAYS))
+                   "softmax_grad", _GRAD_SHARDING)

@@ -47,6 +47,8 @@ def spmm(a: CSR, b) -> jax.Array:
 
 # -- primitive --------------------------------------------------------------------
 spmm_p = Primitive("jaxsparse_spmm")
+_SHARDING = ShardingSpec(core=[("nnz",), ("k", "n")], out_core=("m", "n"), shardable=("n",),
+                         num_topology=common.NUM_TOPOLOGY_ARRAYS)
 
 
 # -- abstract eval ----------------------------------------------------------------
@@ -56,7 +58,7 @@ def _spmm_abstract_eval(values, b, *topo, shape, transposed):
     raise ValueError(f"jaxsparse_spmm: expected values [*B, nnz] and b [*B, {k}, n], got "
                      f"{values.shape} and {b.shape}")
   batch = common.batch_shape(values, b, core_ndims=(1, 2))
-  return b.update(shape=batch + (m, b.shape[-1]), dtype=b.dtype)
+  return _SHARDING.results((values, b, *topo), [batch + (m, b.shape[-1])], [b.dtype])[0]
 
 
 # -- reference implementation -----------------------------------------------------
@@ -105,6 +107,4 @@ spmm_p.def_abstract_eval(_spmm_abstract_eval)
 ad.primitive_jvps[spmm_p] = common.bilinear_jvp(spmm_p)
 ad.primitive_transposes[spmm_p] = _spmm_transpose
 batching.primitive_batchers[spmm_p] = common.pair_batcher(spmm_p, "spmm")
-register_lowerings(spmm_p, _spmm_reference, _spmm_ffi, "spmm",
-                   ShardingSpec(core=[("nnz",), ("k", "n")], out_core=("m", "n"),
-                                shardable=("n",), num_topology=common.NUM_TOPOLOGY_ARRAYS))
+register_lowerings(spmm_p, _spmm_reference, _spmm_ffi, "spmm", _SHARDING)

@@ -38,6 +38,8 @@ def transpose(a: CSR) -> CSR:
 # permute_p(values [B, nnz], *topology) = values[:, t_perm]: the values of a matrix
 # on the topology, reordered as the values of its transpose (on topology.T).
 permute_p = Primitive("jaxsparse_permute")
+_SHARDING = ShardingSpec(core=[("nnz",)], out_core=("nnz",),
+                         num_topology=common.NUM_TOPOLOGY_ARRAYS)
 
 
 # -- abstract eval ----------------------------------------------------------------
@@ -46,7 +48,7 @@ def _permute_abstract_eval(values, *topo, shape, transposed):
   if values.ndim < 2 or values.shape[-1] != cap:
     raise ValueError(f"jaxsparse_permute: expected values [*B, nnz = {cap}], got "
                      f"{values.shape}")
-  return values.update(shape=values.shape, dtype=values.dtype)
+  return _SHARDING.results((values, *topo), [values.shape], [values.dtype])[0]
 
 
 # -- reference implementation -----------------------------------------------------
@@ -94,6 +96,4 @@ permute_p.def_abstract_eval(_permute_abstract_eval)
 ad.primitive_jvps[permute_p] = _permute_jvp
 ad.primitive_transposes[permute_p] = _permute_transpose
 batching.primitive_batchers[permute_p] = _permute_batch
-register_lowerings(permute_p, _permute_reference, _permute_ffi, "permute",
-                   ShardingSpec(core=[("nnz",)], out_core=("nnz",),
-                                num_topology=common.NUM_TOPOLOGY_ARRAYS))
+register_lowerings(permute_p, _permute_reference, _permute_ffi, "permute", _SHARDING)
