@@ -12,13 +12,19 @@
 # Python runs with -P so that `jaxsparse` is the installed package (with its
 # compiled modules), not the source tree in the current directory.
 #
-# Through the device tool (10 minutes a call; at most 8 files come back from
-# $OUT, which is emptied before each call): the DLMC sample beside the checkout
-# (../shared/dlmc) does not travel, so copy it into an ignored folder and carry it:
+# Through the device tool (10 minutes a call, 15 minutes of device time a session,
+# the machine's start included; at most 8 files come back from $OUT, which is
+# emptied before each call): the DLMC sample beside the checkout (../shared/dlmc)
+# does not travel, so copy it into an ignored folder and carry it. One call, with
+# the steps' limits set so that it ends inside timeout_s = 570:
 #   here, once:  echo /.dlmc/ >> .git/info/exclude && cp -r ../shared/dlmc .dlmc
-#   call 1 (carry [".dlmc"]):  JAXSPARSE_DLMC=.dlmc TEST_TIMEOUT=420 benchmarks/gpu_check.sh info build kernels test
-#   call 2 (carry [".dlmc"]):  JAXSPARSE_DLMC=.dlmc benchmarks/gpu_check.sh build memcheck bench
-# (each call starts on a bare machine unless it is still warm: build again).
+#   call (carry [".dlmc"]):  JAXSPARSE_DLMC=.dlmc BUILD_TIMEOUT=240 TEST_TIMEOUT=200 \
+#       TESTS="tests/test_spmm.py tests/test_sddmm.py tests/test_softmax.py tests/test_transpose.py tests/test_lowering.py" \
+#       BENCH_TIMEOUT=100 BENCH_ARGS=--quick benchmarks/gpu_check.sh info build kernels test bench
+# and, if device time is left, the rest of the suite and memcheck in a second one
+# (it starts on a bare machine unless the first is still warm: build again).
+# The machine's image has jax 0.11.2 on Python 3.12 (the device tool's KINDS.md);
+# session 13 ran the whole suite on the CPU with those versions (551 passed).
 set -u
 
 OUT=${OUT:-benchmarks/results/gpu-$(date +%Y%m%d-%H%M%S)}
@@ -72,10 +78,10 @@ export OUT PY
 run_step() {
   case $1 in
     info) step info 120 info ;;
-    build) step build 1200 env JAXSPARSE_CUDA=ON "$PY" -m pip install --no-build-isolation -v . ;;
+    build) step build "${BUILD_TIMEOUT:-1200}" env JAXSPARSE_CUDA=ON "$PY" -m pip install --no-build-isolation -v . ;;
     kernels) step kernels 300 kernels ;;
     test) step test "${TEST_TIMEOUT:-1800}" env JAX_PLATFORMS=cuda JAXSPARSE_REQUIRE_GPU=1 \
-            "$PY" -P -m pytest -q -n 0 tests ;;
+            "$PY" -P -m pytest -q -n 0 ${TESTS:-tests} ;;
     # The platform allocator gives every buffer its own cudaMalloc, so memcheck
     # sees accesses past a buffer; autotuning off keeps XLA's own kernels quick.
     memcheck) step memcheck "${MEMCHECK_TIMEOUT:-1800}" env JAX_PLATFORMS=cuda \
@@ -85,7 +91,7 @@ run_step() {
                 "$PY" -P -m pytest -x -q -n 0 tests/test_spmm.py tests/test_sddmm.py tests/test_softmax.py ;;
     bench)
       if [ -f benchmarks/bench_gpu.py ]; then
-        step bench "${BENCH_TIMEOUT:-1800}" env JAX_PLATFORMS=cuda "$PY" -P benchmarks/bench_gpu.py --all-ops --out "$OUT"
+        step bench "${BENCH_TIMEOUT:-1800}" env JAX_PLATFORMS=cuda "$PY" -P benchmarks/bench_gpu.py --all-ops ${BENCH_ARGS:-} --out "$OUT"
       else
         echo "bench skipped: no benchmarks/bench_gpu.py" | tee -a "$OUT/steps.txt"
       fi ;;
