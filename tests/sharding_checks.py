@@ -315,6 +315,24 @@ def attention_explicit_sharding():
 
 
 @check
+def attention_mixed_explicit_auto():
+  # A mesh with one explicit axis (data) and one auto axis (model, the heads):
+  # manual over data, the heads left to the partitioner inside. Forward and gradient.
+  q, k, v = _qkv(4, 4)
+  m = jax.make_mesh((4, 2), ("data", "model"), devices=jax.devices()[:8],
+                    axis_types=(jax.sharding.AxisType.Explicit, jax.sharding.AxisType.Auto))
+  spec = NamedSharding(m, P("data", None, "model", None))
+  f = jax.jit(lambda q, k, v: js.sparse_dot_product_attention(q, k, v, TOPO))
+  g = jax.jit(jax.grad(lambda q, k, v: jnp.sum(jnp.sin(f(q, k, v))), argnums=(0, 1, 2)))
+  ref = (f(q, k, v), g(q, k, v))
+  with jax.set_mesh(m):
+    placed = [jax.device_put(x, spec) for x in (q, k, v)]
+    hlo = f.lower(*placed).compile().as_text() + g.lower(*placed).compile().as_text()
+    out = (f(*placed), g(*placed))
+  return collectives(hlo), out, ref
+
+
+@check
 def spmm_explicit_data_and_column_split():
   # Explicit-sharding mode: batch over data, SpMM's columns over model.
   a = A.with_values(_f32(4, A.nnz))

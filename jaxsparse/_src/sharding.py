@@ -129,13 +129,22 @@ def result_avals(spec, operands, shapes, dtypes):
           for a, ps in zip(plain, out_specs)]
 
 
+# jax 0.11's custom_partitioning does not compile under a mesh with explicit axes;
+# 0.10's does, and for a mesh of explicit and auto axes it partitions the auto ones
+# too (no collective), where the shard_map below leaves them gathered.
+_CUSTOM_PARTITIONING_TAKES_EXPLICIT = tuple(jax.__version_info__[:2]) < (0, 11)
+
+
 def _explicit_mesh(avals):
-  """The mesh of explicit sharding (every axis `AxisType.Explicit`, as under
-  `jax.set_mesh` with explicit axes) that the operands' types carry, or None."""
+  """The mesh the operands' types carry when the lowering takes the shard_map path:
+  every axis explicit (`AxisType.Explicit`, as under `jax.set_mesh`), or on jax >=
+  0.11 any axis explicit. None otherwise."""
   for a in avals:
     sh = getattr(a, "sharding", None)
     mesh = getattr(sh, "mesh", None)
-    if mesh is not None and mesh.axis_names and getattr(mesh, "are_all_axes_explicit", False):
+    if mesh is None or not mesh.axis_names or not getattr(mesh, "explicit_axes", ()):
+      continue
+    if mesh.are_all_axes_explicit or not _CUSTOM_PARTITIONING_TAKES_EXPLICIT:
       return mesh
   return None
 
@@ -169,7 +178,11 @@ def _explicit_shard_map(fun, mesh, ops, outs, shardable, ctx, multiple):
                    for a, e in zip(avals, empty)])
 
     out_spec = tuple(out_specs) if multiple else out_specs[0]
-    return jax.shard_map(body, mesh=mesh,
+    # Manual over the explicit axes only; the operands' types name no auto axis, and
+    # inside, the primitive lowers again with those left to custom_partitioning.
+    axis_names = (frozenset() if mesh.are_all_axes_explicit
+                  else frozenset(mesh.explicit_axes))
+    return jax.shard_map(body, mesh=mesh, axis_names=axis_names,
                          in_specs=tuple(ps for ps, e in zip(in_specs, empty) if not e),
                          out_specs=out_spec, check_vma=False)(*passed)
 
