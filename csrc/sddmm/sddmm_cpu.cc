@@ -20,11 +20,12 @@ namespace cpu {
 
 namespace {
 
-// Below this many FLOPs an SDDMM runs on the caller alone. Measured on the 2-core
-// dev VM (benchmarks/NOTES.md, change 8): DLMC matrices with 1-2k nonzeros at d = 64
-// (0.13-0.21 MFLOP) took 8-9 us serial against 10-15 us with a helper thread;
-// 5k nonzeros (0.68 MFLOP) took 20 us serial against 15.5 us in parallel.
-constexpr double kSddmmMinParallelWork = 262144.0;
+// Below this many FLOPs an SDDMM runs on the caller alone. Called one at a time on a
+// Zen 5 (benchmarks/NOTES.md, change 8) a helper thread paid from ~5k nonzeros at
+// d = 64 (0.68 MFLOP: 20 us serial, 15.5 us parallel); inside a jitted loop on the
+// Intel machine of change 35 it cost up to 2x below ~15k nonzeros (5,242 nonzeros:
+// 47 us serial, 93 us parallel) and paid from ~30k (3.8 MFLOP).
+constexpr double kSddmmMinParallelWork = 2.0e6;
 
 template <typename T>
 void RunItems(Isa isa, const SddmmArgs<T>& a, int64_t begin, int64_t end) {
