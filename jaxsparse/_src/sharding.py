@@ -118,7 +118,7 @@ def result_avals(spec, operands, shapes, dtypes):
   """See `ShardingSpec.results`: the results' specs are those `choose_shardings`
   picks from the operands' specs, as the partitioner does when it lowers."""
   like = operands[0]
-  plain = [jax.core.ShapedArray(tuple(s), d) for s, d in zip(shapes, dtypes)]
+  plain = [jax.ShapeDtypeStruct(tuple(s), d) for s, d in zip(shapes, dtypes)]
   sh = getattr(like, "sharding", None)
   if not isinstance(sh, NamedSharding):  # no sharding types here: nothing to carry
     return [like.update(shape=a.shape, dtype=a.dtype) for a in plain]
