@@ -297,39 +297,27 @@ def shard_map_grad():
   return run(f, (a.values, b), (P("data"), P("data")), (P("data"), P("data")), m)
 
 
+def _attention_fwd_and_grad_on(axis_types):
+  """Fused attention and its gradient, data x heads, on a (4, 2) mesh of these axis types."""
+  q, k, v = _qkv(4, 4)
+  m = jax.make_mesh((4, 2), ("data", "model"), devices=jax.devices()[:8], axis_types=axis_types)
+  f = lambda q, k, v: js.sparse_dot_product_attention(q, k, v, TOPO)
+  fg = lambda q, k, v: (f(q, k, v), jax.grad(lambda q, k, v: jnp.sum(jnp.sin(f(q, k, v))),
+                                             argnums=(0, 1, 2))(q, k, v))
+  return run_explicit(fg, (q, k, v), (P("data", None, "model", None),) * 3, m)
+
+
 @check
 def attention_explicit_sharding():
   # Explicit-sharding mode (jax.set_mesh, sharded types): data x heads.
-  q, k, v = _qkv(4, 4)
-  m = jax.make_mesh((4, 2), ("data", "model"),
-                    axis_types=(jax.sharding.AxisType.Explicit,) * 2)
-  spec = NamedSharding(m, P("data", None, "model", None))
-  f = jax.jit(lambda q, k, v: js.sparse_dot_product_attention(q, k, v, TOPO))
-  g = jax.jit(jax.grad(lambda q, k, v: jnp.sum(jnp.sin(f(q, k, v))), argnums=(0, 1, 2)))
-  ref = (f(q, k, v), g(q, k, v))
-  with jax.set_mesh(m):
-    placed = [jax.device_put(x, spec) for x in (q, k, v)]
-    hlo = f.lower(*placed).compile().as_text() + g.lower(*placed).compile().as_text()
-    out = (f(*placed), g(*placed))
-  return collectives(hlo), out, ref
+  return _attention_fwd_and_grad_on((jax.sharding.AxisType.Explicit,) * 2)
 
 
 @check
 def attention_mixed_explicit_auto():
   # A mesh with one explicit axis (data) and one auto axis (model, the heads):
   # manual over data, the heads left to the partitioner inside. Forward and gradient.
-  q, k, v = _qkv(4, 4)
-  m = jax.make_mesh((4, 2), ("data", "model"), devices=jax.devices()[:8],
-                    axis_types=(jax.sharding.AxisType.Explicit, jax.sharding.AxisType.Auto))
-  spec = NamedSharding(m, P("data", None, "model", None))
-  f = jax.jit(lambda q, k, v: js.sparse_dot_product_attention(q, k, v, TOPO))
-  g = jax.jit(jax.grad(lambda q, k, v: jnp.sum(jnp.sin(f(q, k, v))), argnums=(0, 1, 2)))
-  ref = (f(q, k, v), g(q, k, v))
-  with jax.set_mesh(m):
-    placed = [jax.device_put(x, spec) for x in (q, k, v)]
-    hlo = f.lower(*placed).compile().as_text() + g.lower(*placed).compile().as_text()
-    out = (f(*placed), g(*placed))
-  return collectives(hlo), out, ref
+  return _attention_fwd_and_grad_on((jax.sharding.AxisType.Explicit, jax.sharding.AxisType.Auto))
 
 
 @check
