@@ -4,10 +4,12 @@
 // repository root (two builds of different sources give an A/B pair):
 //
 //   g++ -O3 -fno-trapping-math -std=c++17 -Icsrc benchmarks/micro/kernels_cpu.cc \
-//       csrc/spmm/spmm_cpu.cc csrc/sddmm/sddmm_cpu.cc csrc/common/parallel_cpu.cc \
-//       csrc/common/scan_cpu.cc -lpthread -o /tmp/kernels_cpu
+//       csrc/spmm/spmm_cpu.cc csrc/sddmm/sddmm_cpu.cc csrc/attention/attention_cpu.cc \
+//       csrc/common/parallel_cpu.cc csrc/common/scan_cpu.cc -lpthread -o /tmp/kernels_cpu
 //   /tmp/kernels_cpu spmm  M K N DENSITY [THREADS]    # C[M,N] = A[M,K] @ B[K,N]
 //   /tmp/kernels_cpu sddmm M N D DENSITY [THREADS]    # (L[M,D] @ R[N,D]^T) at A's nonzeros
+//   /tmp/kernels_cpu attn  T W D HEADS [THREADS]      # fused attention, |row - col| <= W:
+//                                                     # forward, backward, each timed alone
 //
 // THREADS = 1 runs on the caller alone; > 1 uses the process-wide pool (the
 // machine's cores). Prints the best of 5 repeats (each ~0.2 s of calls), in microseconds.
@@ -21,6 +23,7 @@
 #include <random>
 #include <vector>
 
+#include "attention/attention_cpu.h"
 #include "sddmm/sddmm_cpu.h"
 #include "spmm/spmm_cpu.h"
 
@@ -93,11 +96,106 @@ double BestMicros(F&& call) {
   return best;
 }
 
+// The fused attention forward and backward on a local window of half-width w over
+// T positions (the pattern of benchmarks/bench_attention.py), `heads` batch entries,
+// head dim d, float32.
+int RunAttention(int T, int w, int d, int heads, const TaskRunner* runner) {
+  Topo t, tt;  // the window is symmetric: the transpose has the same rows
+  t.offsets.assign(T + 1, 0);
+  for (int r = 0; r < T; ++r) {
+    for (int c = std::max(0, r - w); c <= std::min(T - 1, r + w); ++c) t.cols.push_back(c);
+    t.offsets[r + 1] = static_cast<int32_t>(t.cols.size());
+  }
+  t.rows.resize(T);
+  std::iota(t.rows.begin(), t.rows.end(), 0);
+  std::stable_sort(t.rows.begin(), t.rows.end(), [&](int a, int b) {
+    return t.offsets[a + 1] - t.offsets[a] > t.offsets[b + 1] - t.offsets[b];
+  });
+  tt = t;
+  std::vector<int32_t> t_perm(t.cols.size());  // transposed position -> stored position
+  for (int c = 0; c < T; ++c) {
+    for (int e = tt.offsets[c]; e < tt.offsets[c + 1]; ++e) {
+      const int r = tt.cols[e];
+      t_perm[e] = t.offsets[r] + (c - std::max(0, r - w));
+    }
+  }
+  const size_t rows = static_cast<size_t>(heads) * T;
+  std::mt19937 rng(0);
+  std::normal_distribution<float> normal;
+  AlignedArray<float> q(rows * d), k(rows * d), v(rows * d), out(rows * d), g(rows * d);
+  AlignedArray<float> dq(rows * d), dk(rows * d), dv(rows * d), lse(rows), delta(rows);
+  for (auto* arr : {&q, &k, &v, &g}) {
+    for (auto& x : *arr) x = normal(rng);
+  }
+  auto topo = [](const Topo& x, int n) {
+    AttnTopology a;
+    a.row_offsets = x.offsets.data();
+    a.column_indices = x.cols.data();
+    a.row_indices = x.rows.data();
+    a.m = static_cast<int64_t>(x.rows.size());
+    a.n = n;
+    return a;
+  };
+  AttnFwdArgs<float> f;
+  f.topo = topo(t, T);
+  f.q = q.data();
+  f.k = k.data();
+  f.v = v.data();
+  f.q_stride = f.k_stride = f.v_stride = static_cast<int64_t>(T) * d;
+  f.out = out.data();
+  f.lse = lse.data();
+  f.batch = heads;
+  f.d = f.dv = d;
+  const double fwd_us = BestMicros([&] { AttentionFwdCpu(f, runner); });
+  for (size_t i = 0; i < rows; ++i) {  // delta[r] = dout[r] . out[r]
+    double s = 0;
+    for (int x = 0; x < d; ++x) s += static_cast<double>(g.data()[i * d + x]) * out.data()[i * d + x];
+    delta.data()[i] = static_cast<float>(s);
+  }
+  AttnBwdArgs<float> b;
+  b.topo = topo(t, T);
+  b.t_topo = topo(tt, T);
+  b.q = q.data();
+  b.k = k.data();
+  b.v = v.data();
+  b.lse = lse.data();
+  b.delta = delta.data();
+  b.dout = g.data();
+  b.t_perm = t_perm.data();
+  b.q_stride = b.k_stride = b.v_stride = b.dout_stride = static_cast<int64_t>(T) * d;
+  b.lse_stride = b.delta_stride = T;
+  b.dq = dq.data();
+  b.dk = dk.data();
+  b.dv_out = dv.data();
+  b.batch = heads;
+  b.d = b.dv = d;
+  const double bwd_us = BestMicros([&] { AttentionBwdCpu(b, runner); });
+  double bwd_min = 1e30;  // the fastest single call of 30: less noisy on a shared VM
+  for (int i = 0; i < 30; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    AttentionBwdCpu(b, runner);
+    bwd_min = std::min(bwd_min, std::chrono::duration<double, std::micro>(
+                                    std::chrono::steady_clock::now() - t0).count());
+  }
+  const double flops = 4.0 * static_cast<double>(t.cols.size()) * d * heads;  // QK^T and PV
+  std::printf("attn T=%d w=%d d=%d heads=%d nnz/head=%zu: forward %.1f us (%.1f useful GFLOP/s), "
+              "backward %.1f us (%.1f; fastest call %.1f us)\n", T, w, d, heads, t.cols.size(),
+              fwd_us, flops / fwd_us / 1e3, bwd_us, 2 * flops / bwd_us / 1e3, bwd_min);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (argc >= 6 && std::strcmp(argv[1], "attn") == 0) {
+    const int threads = argc > 6 ? std::atoi(argv[6]) : 1;
+    return RunAttention(std::atoi(argv[2]), std::atoi(argv[3]), std::atoi(argv[4]),
+                        std::atoi(argv[5]), threads > 1 ? DefaultTaskRunner() : nullptr);
+  }
   if (argc < 6 || (std::strcmp(argv[1], "spmm") != 0 && std::strcmp(argv[1], "sddmm") != 0)) {
-    std::fprintf(stderr, "usage: %s spmm M K N DENSITY [THREADS] | sddmm M N D DENSITY [THREADS]\n",
+    std::fprintf(stderr,
+                 "usage: %s spmm M K N DENSITY [THREADS] | sddmm M N D DENSITY [THREADS] | "
+                 "attn T W D HEADS [THREADS]\n",
                  argv[0]);
     return 2;
   }
