@@ -157,6 +157,27 @@ def test_nnx_decode_matches_full_forward(rng, name):
   np.testing.assert_allclose(full, dense(x, mask=_dense_mask(topo)), rtol=1e-5, atol=1e-5)
 
 
+def test_nnx_decode_sows_weights(rng):
+  """Each decoding step sows its weights as a [1, T] CSR: the full forward's row."""
+  topo = DECODE_TOPOLOGIES["strided_causal"]()
+  sparse = jsf.SparseMultiHeadAttention(H, F, topology=topo, rngs=nnx.Rngs(0))
+  x = _x(rng)
+  _, full = nnx.capture(sparse, nnx.Intermediate)(x, sow_weights=True)
+  (w_full,) = full["attention_weights"].get_value()
+  dense_full = np.asarray(w_full.todense())  # [batch, heads, T, T]
+  sparse.init_cache(x.shape)
+  step = nnx.jit(lambda m, x: nnx.capture(m, nnx.Intermediate)(x, decode=True,
+                                                                sow_weights=True))
+  for t in range(T):
+    _, sown = step(sparse, x[:, t:t + 1])
+    (w,) = sown["attention_weights"].get_value()
+    assert w.shape == (1, T) and w.values.shape[:2] == (2, H)
+    got = np.asarray(w.todense())
+    assert got.shape == (2, H, 1, T)
+    np.testing.assert_allclose(got[:, :, 0], dense_full[:, :, t], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(w.topology.t_row_offsets)[-1], int(w.row_offsets[1]))
+
+
 def test_nnx_attention_fn_rejected(rng):
   topo = patterns.causal(T)
   sparse = jsf.SparseMultiHeadAttention(H, F, topology=topo, rngs=nnx.Rngs(0))
@@ -251,6 +272,27 @@ def test_linen_decode_matches_full_forward(rng, name):
     cache = mutated["cache"]
     outs.append(out)
   np.testing.assert_allclose(jnp.concatenate(outs, axis=1), full, rtol=1e-5, atol=1e-5)
+
+
+def test_linen_decode_sows_weights(rng):
+  topo = DECODE_TOPOLOGIES["local_causal"]()
+  x = _x(rng)
+  mod = SparseMultiHeadDotProductAttention(num_heads=H, qkv_features=F, topology=topo)
+  dec_mod = SparseMultiHeadDotProductAttention(num_heads=H, qkv_features=F, topology=topo,
+                                               decode=True)
+  variables = dec_mod.init(jax.random.key(0), x)
+  params, cache = variables["params"], variables["cache"]
+  _, state = mod.apply({"params": params}, x, sow_weights=True, mutable=["intermediates"])
+  (w_full,) = state["intermediates"]["attention_weights"]
+  dense_full = np.asarray(w_full.todense())
+  step = jax.jit(lambda p, c, x: dec_mod.apply({"params": p, "cache": c}, x, sow_weights=True,
+                                               mutable=["cache", "intermediates"]))
+  for t in range(T):
+    _, mutated = step(params, cache, x[:, t:t + 1])
+    cache = mutated["cache"]
+    (w,) = mutated["intermediates"]["attention_weights"]
+    np.testing.assert_allclose(np.asarray(w.todense())[:, :, 0], dense_full[:, :, t],
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_linen_inside_parent_module(rng):

@@ -53,12 +53,13 @@ def _max_row_length(topo: Topology, who: str) -> int:
 
 
 def _decode_attention(query, key, value, topo: Topology, row, max_row: int, *, bias, mask,
-                      **kwargs):
+                      module=None, **kwargs):
   """One decoding step: query `[..., 1, heads, d]` attends to the cached keys of
   topology row `row` (a traced int): the row's columns, padded to the longest
   row, gather the keys and values, and the attention runs over those `max_row`
   entries with the padding masked out. `mask` / `bias` (Flax's cache mask,
-  `[..., 1, kv_len]` broadcastable) are read at the same columns."""
+  `[..., 1, kv_len]` broadcastable) are read at the same columns. With `module`,
+  the step's weights are sown as a `[1, kv_len]` CSR (`_row_weights`)."""
   row = jnp.asarray(row, jnp.int32)
   cap = topo.cap
   width = max(max_row, 1)
@@ -74,8 +75,35 @@ def _decode_attention(query, key, value, topo: Topology, row, max_row: int, *, b
     keep = keep & jnp.take(jnp.asarray(mask, bool), cols, axis=-1)
   if bias is not None:
     bias = jnp.take(jnp.asarray(bias), cols, axis=-1)
-  return sparse_dot_product_attention(query, k, v, _dense_row(width), bias=bias, mask=keep,
-                                      **kwargs)
+  result = sparse_dot_product_attention(query, k, v, _dense_row(width), bias=bias, mask=keep,
+                                        return_weights=module is not None, **kwargs)
+  if module is None:
+    return result
+  out, weights = result
+  _sow(module, _row_weights(weights.values, cols, length, key.shape[-3]))
+  return out
+
+
+def _row_weights(values, cols, length, kv_len: int) -> CSR:
+  """A decoding step's weights as a CSR of shape `[1, kv_len]`: the query row's
+  columns `cols` (`[cap]`, the first `length` valid, the rest padding), values
+  `[..., heads, cap]` (0 on the padding). `todense()` gives Flax's
+  `[..., heads, 1, kv_len]`. Built from traced arrays: the row is the cache index."""
+  cap = cols.shape[0]
+  pos = jnp.arange(cap, dtype=jnp.int32)
+  valid = pos < length
+  present = jnp.zeros((kv_len,), jnp.int32).at[cols].add(valid.astype(jnp.int32))
+  zero = jnp.zeros((1,), jnp.int32)
+  topo = Topology.from_arrays(
+      jnp.stack([jnp.int32(0), length.astype(jnp.int32)]),       # row_offsets
+      cols,                                                      # column_indices
+      zero,                                                      # row_indices
+      jnp.concatenate([zero, jnp.cumsum(present, dtype=jnp.int32)]),  # t_row_offsets
+      jnp.zeros((cap,), jnp.int32),                              # t_column_indices: row 0
+      jnp.argsort(-present, stable=True).astype(jnp.int32),      # t_row_indices
+      pos, pos,  # t_perm, t_perm_inv: a row's columns are sorted, so the orders agree
+      shape=(1, kv_len))
+  return CSR._from_parts(jnp.where(valid, values, 0).astype(values.dtype), topo)
 
 
 @functools.lru_cache(maxsize=64)
@@ -123,7 +151,8 @@ def sparse_attention_fn(topology, *, implementation: str | None = None) -> Calla
     heads when `broadcast_dropout`), so it is not Flax's random draw.
   - `module`: the attention weights are sown as a `CSR` with values
     `[batch..., heads, nnz]` (`nnx.Intermediate` / linen `'intermediates'`,
-    name `'attention_weights'`).
+    name `'attention_weights'`); in a decoding step, as a `[1, kv_len]` CSR
+    holding the step's row (values `[batch..., heads, longest row]`).
   - `precision` and `force_fp32_for_softmax` are accepted and ignored (the
     sparse kernels accumulate half types in float32, softmax included);
     `promote_dtype` is ignored (inputs are promoted to `dtype` or their common
@@ -149,7 +178,7 @@ def sparse_attention_fn(topology, *, implementation: str | None = None) -> Calla
       return _decode_attention(
           query, key, value, topo, row, max_row(), bias=bias, mask=mask,
           dropout_rate=dropout_rate, dropout_rng=dropout_rng, deterministic=deterministic,
-          broadcast_dropout=broadcast_dropout, dtype=dtype)
+          broadcast_dropout=broadcast_dropout, dtype=dtype, module=module)
     result = sparse_dot_product_attention(
         query, key, value, topo, bias=bias, mask=mask, is_causal=is_causal,
         dropout_rate=dropout_rate, dropout_rng=dropout_rng, deterministic=deterministic,
@@ -192,7 +221,8 @@ class SparseMultiHeadAttention(nnx.MultiHeadAttention):
   in row `i` of the topology (so the topology should be causal, and
   `max_length` of the cache its `kv_len`), gathered at that row's columns:
   the cost per step is the row's length, not the cache's. The topology must be
-  concrete (built on the host). Attention weights are not sown while decoding.
+  concrete (built on the host). While decoding, `sow_weights=True` sows each
+  step's weights as a `[1, kv_len]` CSR (dense: Flax's `[batch, heads, 1, kv_len]`).
   """
 
   def __init__(self, num_heads: int, in_features: int, qkv_features: int | None = None,
