@@ -191,6 +191,15 @@ def test_nnx_attention_fn_rejected(rng):
   assert sparse.topology.shape == (T, T)
 
 
+def test_nnx_decode_cache_must_match_topology(rng):
+  x = _x(rng)
+  for topo in (patterns.causal(T - 2), patterns.causal(T + 2)):  # rows or keys too few
+    sparse = jsf.SparseMultiHeadAttention(H, F, topology=topo, rngs=nnx.Rngs(0))
+    sparse.init_cache(x.shape)
+    with pytest.raises(ValueError, match="cache of"):
+      sparse(x[:, :1], decode=True)
+
+
 def test_nnx_seq_len_mismatch(rng):
   sparse = jsf.SparseMultiHeadAttention(H, F, topology=patterns.causal(T + 1), rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="query"):

@@ -60,6 +60,13 @@ def _decode_attention(query, key, value, topo: Topology, row, max_row: int, *, b
   entries with the padding masked out. `mask` / `bias` (Flax's cache mask,
   `[..., 1, kv_len]` broadcastable) are read at the same columns. With `module`,
   the step's weights are sown as a `[1, kv_len]` CSR (`_row_weights`)."""
+  cache_len = key.shape[-3]
+  q_len, kv_len = topo.shape
+  if kv_len != cache_len or q_len < cache_len:  # else rows or keys read past the ends
+    raise ValueError(
+        f"jaxsparse.flax: decoding with a cache of {cache_len} positions needs a topology of "
+        f"shape [q_len >= {cache_len}, {cache_len}] (step i attends by row i to cached "
+        f"positions), got topology shape {tuple(topo.shape)}")
   row = jnp.asarray(row, jnp.int32)
   cap = topo.cap
   width = max(max_row, 1)
