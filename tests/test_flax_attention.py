@@ -193,7 +193,8 @@ def test_nnx_attention_fn_rejected(rng):
 
 def test_nnx_decode_cache_must_match_topology(rng):
   x = _x(rng)
-  for topo in (patterns.causal(T - 2), patterns.causal(T + 2)):  # rows or keys too few
+  # Fewer rows (and keys) than the cache holds, then more keys than it.
+  for topo in (patterns.causal(T - 2), patterns.causal(T + 2)):
     sparse = jsf.SparseMultiHeadAttention(H, F, topology=topo, rngs=nnx.Rngs(0))
     sparse.init_cache(x.shape)
     with pytest.raises(ValueError, match="cache of"):

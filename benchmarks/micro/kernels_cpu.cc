@@ -54,6 +54,16 @@ struct Topo {
   std::vector<int32_t> offsets, cols, rows;
 };
 
+// Sets t->rows to the rows, longest first (as the library orders them).
+void OrderLongestFirst(Topo* t) {
+  const int m = static_cast<int>(t->offsets.size()) - 1;
+  t->rows.resize(m);
+  std::iota(t->rows.begin(), t->rows.end(), 0);
+  std::stable_sort(t->rows.begin(), t->rows.end(), [&](int a, int b) {
+    return t->offsets[a + 1] - t->offsets[a] > t->offsets[b + 1] - t->offsets[b];
+  });
+}
+
 // Each entry present with probability `density`; rows ordered longest first.
 Topo RandomTopo(int m, int k, double density, std::mt19937* rng) {
   std::uniform_real_distribution<double> u(0, 1);
@@ -65,11 +75,7 @@ Topo RandomTopo(int m, int k, double density, std::mt19937* rng) {
     }
     t.offsets[r + 1] = static_cast<int32_t>(t.cols.size());
   }
-  t.rows.resize(m);
-  std::iota(t.rows.begin(), t.rows.end(), 0);
-  std::stable_sort(t.rows.begin(), t.rows.end(), [&](int a, int b) {
-    return t.offsets[a + 1] - t.offsets[a] > t.offsets[b + 1] - t.offsets[b];
-  });
+  OrderLongestFirst(&t);
   return t;
 }
 
@@ -106,11 +112,7 @@ int RunAttention(int T, int w, int d, int heads, const TaskRunner* runner) {
     for (int c = std::max(0, r - w); c <= std::min(T - 1, r + w); ++c) t.cols.push_back(c);
     t.offsets[r + 1] = static_cast<int32_t>(t.cols.size());
   }
-  t.rows.resize(T);
-  std::iota(t.rows.begin(), t.rows.end(), 0);
-  std::stable_sort(t.rows.begin(), t.rows.end(), [&](int a, int b) {
-    return t.offsets[a + 1] - t.offsets[a] > t.offsets[b + 1] - t.offsets[b];
-  });
+  OrderLongestFirst(&t);
   tt = t;
   std::vector<int32_t> t_perm(t.cols.size());  // transposed position -> stored position
   for (int c = 0; c < T; ++c) {
