@@ -419,3 +419,88 @@ def test_other_instruction_sets():
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, f"{isa}:\n{out}\n{err}"
     assert f"all ok {isa}" in out, out
+
+
+# The band kernels (float32 under AVX2 and AVX-512) take topologies whose rows are
+# contiguous column ranges with non-decreasing ends, dense enough in blocks of 8/16
+# rows: local windows, their causal halves, full causal. JAXSPARSE_CPU_ATTN_BAND=0
+# (read per call) sends the same call to the row kernels.
+def _needs_band_kernels():
+  if js.cpu_instruction_set() not in ("avx2", "avx512"):
+    pytest.skip("the band kernels need AVX2 or AVX-512")
+
+
+def _band_case(rng, t, d, dv, topo, **kw):
+  """Inputs, the jitted fused forward, and its jitted gradient of sum(out * ct)."""
+  q, k, v = _qkv(rng, (2,), t, t, 2, d, dv, np.float32)
+  ct = jnp.asarray(rng.standard_normal((2, t, 2, dv)), np.float32)
+  attn = lambda q, k, v: sdpa(q, k, v, topo, implementation="fused", **kw)  # noqa: E731
+  f = jax.jit(attn)
+  g = jax.jit(jax.grad(lambda q, k, v: jnp.sum(attn(q, k, v) * ct), argnums=(0, 1, 2)))
+  return (q, k, v), ct, f, g
+
+
+def _band_and_rows(monkeypatch, f, g, args):
+  """[out, dq, dk, dv] from the band kernels and from the row kernels."""
+  res = {}
+  for band in ("1", "0"):
+    monkeypatch.setenv("JAXSPARSE_CPU_ATTN_BAND", band)
+    res[band] = [np.asarray(f(*args))] + [np.asarray(x) for x in g(*args)]
+  return res["1"], res["0"]
+
+
+@pytest.mark.parametrize("t,window,d,dv,causal_topology,opts", [
+    (200, 24, 64, 64, False, "plain"),        # whole blocks, constant-stride products
+    (75, 20, 40, 40, False, "plain"),         # a partial last block, run-time stride
+    (75, 40, 7, 7, True, "plain"),            # causal window, tiny d (chunk tails)
+    (90, 30, 64, 32, False, "is_causal"),     # d != dv, the causal flag clips ranges
+    (61, 60, 128, 128, False, "mask"),        # every key (dense), a keep mask
+    (80, 40, 24, 24, True, "dropout"),        # dropout and a mask
+])
+def test_band_kernels(rng, monkeypatch, t, window, d, dv, causal_topology, opts):
+  """Band kernels forward and backward against float64 (the unfused path, the same
+  mask and dropout draw) and against the row kernels."""
+  _needs_band_kernels()
+  topo = patterns.local(t, window, causal=causal_topology)
+  kw = {}
+  if opts == "is_causal":
+    kw = dict(is_causal=True)
+  elif opts == "mask":
+    kw = dict(mask=jnp.asarray(rng.random((2, 1, t, t)) < 0.7))
+  elif opts == "dropout":
+    kw = dict(mask=jnp.asarray(rng.random((2, 1, 1, t)) < 0.8), dropout_rate=0.25,
+              dropout_rng=jax.random.key(5))
+  args, ct, f, g = _band_case(rng, t, d, dv, topo, **kw)
+  band, rows = _band_and_rows(monkeypatch, f, g, args)
+  with jax.enable_x64(True):
+    args64 = tuple(x.astype(np.float64) for x in args)
+    ct64 = ct.astype(np.float64)
+    u = lambda q, k, v: sdpa(q, k, v, topo, implementation="unfused", **kw)  # noqa: E731
+    ref = [np.asarray(u(*args64))] + [
+        np.asarray(x) for x in jax.grad(lambda q, k, v: jnp.sum(u(q, k, v) * ct64),
+                                        argnums=(0, 1, 2))(*args64)]
+  _check(band[0], ref[0], np.float32, *args)
+  tol = tolerance(np.float32) * (1 + d) * 8
+  for a, b in zip(band[1:], ref[1:]):
+    scale = max(1.0, float(np.abs(b).max()))
+    np.testing.assert_allclose(a.astype(np.float64), b, rtol=tol, atol=tol * scale)
+  for a, b in zip(band, rows):
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5)
+  # The two paths sum in different orders, so some result differs in its last bits:
+  # the band kernels did run here.
+  assert any(not np.array_equal(a, b) for a, b in zip(band, rows))
+
+
+def test_band_kernels_not_taken_off_band(rng, monkeypatch):
+  """Topologies the band kernels do not take run the row kernels either way: a random
+  mask, a window with an empty row, and a window too narrow for its blocks."""
+  _needs_band_kernels()
+  t = 64
+  holed = np.array(patterns.local(t, 20).todense() != 0)
+  holed[30] = False
+  for topo in (js.CSR.from_mask(_mask(rng, t, t, 0.5)), js.CSR.from_mask(holed),
+               patterns.local(t, 2)):
+    args, _, f, g = _band_case(rng, t, 16, 16, topo)
+    band, rows = _band_and_rows(monkeypatch, f, g, args)
+    for a, b in zip(band, rows):
+      assert np.array_equal(a, b)

@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <type_traits>
@@ -36,6 +37,86 @@ void BwdColItems(const AttnBwdArgs<T>& a, int64_t begin, int64_t end) {
   JAXSPARSE_ISA_CALL(SelectedIsa(), T, AttnBwdCols, a, begin, end);
 }
 
+template <typename T>
+void FwdBandItems(const AttnFwdArgs<T>& a, int64_t max_span, int64_t begin, int64_t end) {
+  JAXSPARSE_ISA_CALL(SelectedIsa(), T, AttnFwdBand, a, max_span, begin, end);
+}
+template <typename T>
+void BwdRowBandItems(const AttnBwdArgs<T>& a, int64_t max_span, int64_t begin, int64_t end) {
+  JAXSPARSE_ISA_CALL(SelectedIsa(), T, AttnBwdRowsBand, a, max_span, begin, end);
+}
+template <typename T>
+void BwdColBandItems(const AttnBwdArgs<T>& a, int64_t max_span, int64_t begin, int64_t end) {
+  JAXSPARSE_ISA_CALL(SelectedIsa(), T, AttnBwdColsBand, a, max_span, begin, end);
+}
+
+// The band kernels take a topology when their tiles (blocks of lanes rows by the
+// block's span of columns) hold at most this many positions per stored entry: each
+// position costs about a third of an entry of the row kernels (benchmarks/NOTES.md,
+// change 39).
+constexpr double kAttnBandMaxArea = 1.5;
+
+// The band kernels' block height (the float lanes of the selected instruction set),
+// or 0 where there are none (the baseline ISA, other element types) or
+// JAXSPARSE_CPU_ATTN_BAND=0 turns them off (read per call, for A/B comparisons).
+template <typename T>
+int64_t AttnBandLanes() {
+  if (!std::is_same_v<T, float>) return 0;
+  const char* env = std::getenv("JAXSPARSE_CPU_ATTN_BAND");
+  if (env != nullptr && std::strcmp(env, "0") == 0) return 0;
+  switch (SelectedIsa()) {
+    case Isa::kAvx512: return 16;
+    case Isa::kAvx2: return 8;
+    default: return 0;
+  }
+}
+
+// The longest span [first stored column, last stored column] over the blocks of
+// `lanes` consecutive rows of t (rows with no entry ignored), and the sum of the
+// blocks' lanes x span.
+void AttnBlockSpans(const AttnTopology& t, int64_t lanes, int64_t* longest, double* area) {
+  *longest = 0;
+  *area = 0;
+  for (int64_t r0 = 0; r0 < t.m; r0 += lanes) {
+    int64_t first = std::numeric_limits<int64_t>::max(), last = -1;
+    for (int64_t r = r0; r < t.m && r < r0 + lanes; ++r) {
+      const int32_t j0 = t.row_offsets[r], j1 = t.row_offsets[r + 1];
+      if (j1 <= j0) continue;
+      first = t.column_indices[j0] < first ? t.column_indices[j0] : first;
+      last = t.column_indices[j1 - 1] > last ? t.column_indices[j1 - 1] : last;
+    }
+    if (last < first) continue;
+    *longest = last - first + 1 > *longest ? last - first + 1 : *longest;
+    *area += static_cast<double>(lanes) * static_cast<double>(last - first + 1);
+  }
+}
+
+// Whether the band kernels take the row topology t (the forward and the backward
+// decide alike from it): every row stores a contiguous range of columns, none is
+// empty, the ranges' first and last columns do not decrease from row to row (so each
+// key's query rows are a contiguous range too), and the tiles are dense enough.
+// O(nnz).
+bool AttnBandFits(const AttnTopology& t, int64_t lanes) {
+  if (lanes <= 0 || t.m <= 0) return false;
+  int64_t prev_lo = -1, prev_hi = -1;
+  int32_t bad = 0;
+  for (int64_t r = 0; r < t.m; ++r) {
+    const int32_t j0 = t.row_offsets[r], j1 = t.row_offsets[r + 1];
+    if (j1 <= j0) return false;
+    const int32_t lo = t.column_indices[j0];
+    const int64_t hi = static_cast<int64_t>(lo) + (j1 - j0) - 1;
+    if (lo < prev_lo || hi < prev_hi) return false;
+    for (int32_t j = j0; j < j1; ++j) bad |= t.column_indices[j] ^ (lo + (j - j0));
+    prev_lo = lo;
+    prev_hi = hi;
+  }
+  if (bad != 0) return false;
+  int64_t longest = 0;
+  double area = 0;
+  AttnBlockSpans(t, lanes, &longest, &area);
+  return area <= kAttnBandMaxArea * static_cast<double>(t.row_offsets[t.m]);
+}
+
 int64_t MaxRowLength(const AttnTopology& t) {
   int64_t longest = 0;
   for (int64_t r = 0; r < t.m; ++r) {
@@ -50,9 +131,19 @@ int64_t MaxRowLength(const AttnTopology& t) {
 template <typename T>
 int AttentionFwdCpu(const AttnFwdArgs<T>& a, const TaskRunner* runner) {
   if (a.batch <= 0 || a.topo.m <= 0) return 0;
-  const int64_t max_row = MaxRowLength(a.topo);
   const double nnz = static_cast<double>(a.topo.row_offsets[a.topo.m]);
   const double work = 2.0 * nnz * static_cast<double>(a.d + a.dv + 8) * a.batch;
+  const int64_t lanes = AttnBandLanes<T>();
+  if (AttnBandFits(a.topo, lanes)) {
+    int64_t span = 0;
+    double area = 0;
+    AttnBlockSpans(a.topo, lanes, &span, &area);
+    const int64_t blocks = (a.topo.m + lanes - 1) / lanes;
+    ParallelFor(runner, a.batch * blocks, work,
+                [&](int64_t begin, int64_t end) { FwdBandItems<T>(a, span, begin, end); });
+    return 0;
+  }
+  const int64_t max_row = MaxRowLength(a.topo);
   ParallelFor(runner, a.batch * a.topo.m, work,
               [&](int64_t begin, int64_t end) { FwdItems<T>(a, max_row, begin, end); });
   return 0;
@@ -64,6 +155,20 @@ int AttentionBwdCpu(const AttnBwdArgs<T>& a, const TaskRunner* runner) {
   const double nnz = a.topo.m > 0 ? static_cast<double>(a.topo.row_offsets[a.topo.m]) : 0.0;
   const double row_work = 2.0 * nnz * static_cast<double>(2 * a.d + a.dv + 4) * a.batch;
   const double col_work = 2.0 * nnz * static_cast<double>(2 * a.d + 2 * a.dv + 4) * a.batch;
+  const int64_t lanes = AttnBandLanes<T>();
+  if (AttnBandFits(a.topo, lanes)) {
+    int64_t span = 0;
+    double area = 0;
+    AttnBlockSpans(a.topo, lanes, &span, &area);
+    ParallelFor(runner, a.batch * ((a.topo.m + lanes - 1) / lanes), row_work,
+                [&](int64_t begin, int64_t end) { BwdRowBandItems<T>(a, span, begin, end); });
+    if (a.t_topo.m > 0) {
+      AttnBlockSpans(a.t_topo, lanes, &span, &area);
+      ParallelFor(runner, a.batch * ((a.t_topo.m + lanes - 1) / lanes), col_work,
+                  [&](int64_t begin, int64_t end) { BwdColBandItems<T>(a, span, begin, end); });
+    }
+    return 0;
+  }
   if (a.topo.m > 0) {
     ParallelFor(runner, a.batch * a.topo.m, row_work,
                 [&](int64_t begin, int64_t end) { BwdRowItems<T>(a, begin, end); });
