@@ -450,9 +450,12 @@ def _band_and_rows(monkeypatch, f, g, args):
   return res["1"], res["0"]
 
 
-def _check_band(rng, monkeypatch, topo, d, dv, kw):
+def _check_band(rng, monkeypatch, topo, d, dv, kw, passes):
   """The band kernels against float64 (the unfused path, the same mask and dropout
-  draw) and against the row kernels, forward and gradients."""
+  draw) and against the row kernels, forward and gradients; the band backward in
+  `passes` passes (one: dq, dk and dv from each block of rows, in two phases of
+  chunks; two: dq by blocks of rows, then dk and dv by blocks of keys)."""
+  monkeypatch.setenv("JAXSPARSE_CPU_ATTN_BAND_BWD", passes)
   args, ct, f, g = _band_case(rng, d, dv, topo, **kw)
   band, rows = _band_and_rows(monkeypatch, f, g, args)
   with jax.enable_x64(True):
@@ -481,8 +484,10 @@ def _check_band(rng, monkeypatch, topo, d, dv, kw):
     (90, 30, 64, 32, False, "is_causal"),     # d != dv, the causal flag clips ranges
     (61, 60, 128, 128, False, "mask"),        # every key (dense), a keep mask
     (80, 40, 24, 24, True, "dropout"),        # dropout and a mask
+    (300, 20, 32, 32, False, "dropout"),      # and 5 chunks in the one-pass backward
 ])
-def test_band_kernels(rng, monkeypatch, t, window, d, dv, causal_topology, opts):
+@pytest.mark.parametrize("passes", ["1", "2"])
+def test_band_kernels(rng, monkeypatch, t, window, d, dv, causal_topology, opts, passes):
   """Band kernels forward and backward against float64 (the unfused path, the same
   mask and dropout draw) and against the row kernels."""
   _needs_band_kernels()
@@ -495,10 +500,11 @@ def test_band_kernels(rng, monkeypatch, t, window, d, dv, causal_topology, opts)
   elif opts == "dropout":
     kw = dict(mask=jnp.asarray(rng.random((2, 1, 1, t)) < 0.8), dropout_rate=0.25,
               dropout_rng=jax.random.key(5))
-  _check_band(rng, monkeypatch, topo, d, dv, kw)
+  _check_band(rng, monkeypatch, topo, d, dv, kw, passes)
 
 
-def test_band_kernels_rectangular(rng, monkeypatch):
+@pytest.mark.parametrize("passes", ["1", "2"])
+def test_band_kernels_rectangular(rng, monkeypatch, passes):
   """A band that moves half a column per row through more keys than queries: the
   first keys and the last ones have no query (empty rows of the transpose, inside a
   block and as whole blocks)."""
@@ -507,7 +513,7 @@ def test_band_kernels_rectangular(rng, monkeypatch):
   mask = np.zeros((m, n), bool)
   for i in range(m):
     mask[i, i // 2 + 3:i // 2 + 3 + w] = True
-  _check_band(rng, monkeypatch, js.CSR.from_mask(mask), 32, 32, {})
+  _check_band(rng, monkeypatch, js.CSR.from_mask(mask), 32, 32, {}, passes)
 
 
 def test_band_kernels_not_taken_off_band(rng, monkeypatch):

@@ -3,6 +3,7 @@
 // for AVX-512, AVX2+FMA and the baseline, chosen at run time.
 #include "attention/attention_cpu.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -42,8 +43,10 @@ void FwdBandItems(const AttnFwdArgs<T>& a, int64_t max_span, int64_t begin, int6
   JAXSPARSE_ISA_CALL(SelectedIsa(), T, AttnFwdBand, a, max_span, begin, end);
 }
 template <typename T>
-void BwdRowBandItems(const AttnBwdArgs<T>& a, int64_t max_span, int64_t begin, int64_t end) {
-  JAXSPARSE_ISA_CALL(SelectedIsa(), T, AttnBwdRowsBand, a, max_span, begin, end);
+void BwdRowBandItems(const AttnBwdArgs<T>& a, int64_t max_span, int64_t chunk_blocks,
+                     int64_t phase, int64_t begin, int64_t end) {
+  JAXSPARSE_ISA_CALL(SelectedIsa(), T, AttnBwdRowsBand, a, max_span, chunk_blocks, phase, begin,
+                     end);
 }
 template <typename T>
 void BwdColBandItems(const AttnBwdArgs<T>& a, int64_t max_span, int64_t begin, int64_t end) {
@@ -89,6 +92,40 @@ void AttnBlockSpans(const AttnTopology& t, int64_t lanes, int64_t* longest, doub
     *longest = last - first + 1 > *longest ? last - first + 1 : *longest;
     *area += static_cast<double>(lanes) * static_cast<double>(last - first + 1);
   }
+}
+
+// The single-pass band backward's chunk length in blocks of `lanes` rows: the fewest
+// blocks such that no key has query rows in two chunks two apart (chunks i and i + 2
+// then write disjoint rows of dk and dv, so each of the two phases runs its chunks in
+// parallel). One chunk of all the rows where no length does (full causal). Needs
+// AttnBandFits(t, lanes): lo and hi do not decrease from row to row.
+int64_t AttnBandChunkBlocks(const AttnTopology& t, int64_t lanes) {
+  const int64_t blocks = (t.m + lanes - 1) / lanes;
+  auto lo = [&](int64_t r) { return static_cast<int64_t>(t.column_indices[t.row_offsets[r]]); };
+  auto hi = [&](int64_t r) { return static_cast<int64_t>(t.column_indices[t.row_offsets[r + 1] - 1]); };
+  for (int64_t cb = 1; 2 * cb < blocks; cb *= 2) {
+    bool disjoint = true;
+    for (int64_t c = 0; disjoint && (c + 2) * cb < blocks; ++c) {
+      // the last row of chunk c against the first row of chunk c + 2
+      disjoint = hi(std::min((c + 1) * cb * lanes, t.m) - 1) < lo((c + 2) * cb * lanes);
+    }
+    if (disjoint) return cb;
+  }
+  return blocks;
+}
+
+// Whether the band backward runs in one pass (dq, dk and dv from each block of rows)
+// rather than two (dq by blocks of rows, then dk and dv by blocks of keys): when its
+// phases have at least two items per thread. JAXSPARSE_CPU_ATTN_BAND_BWD=1 or 2 forces
+// one or two passes (read per call; for tests and A/B runs).
+bool AttnBandOnePass(int64_t batch, int64_t blocks, int64_t chunk_blocks,
+                     const TaskRunner* runner) {
+  const char* env = std::getenv("JAXSPARSE_CPU_ATTN_BAND_BWD");
+  if (env != nullptr && std::strcmp(env, "1") == 0) return true;
+  if (env != nullptr && std::strcmp(env, "2") == 0) return false;
+  const int64_t chunks = (blocks + chunk_blocks - 1) / chunk_blocks;
+  const int64_t threads = 1 + (runner != nullptr ? runner->NumWorkers() : 0);
+  return batch * (chunks / 2) >= 2 * threads || (chunks == 1 && batch >= 2 * threads);
 }
 
 // Whether the band kernels take the row topology t (the forward and the backward
@@ -160,8 +197,23 @@ int AttentionBwdCpu(const AttnBwdArgs<T>& a, const TaskRunner* runner) {
     int64_t span = 0;
     double area = 0;
     AttnBlockSpans(a.topo, lanes, &span, &area);
-    ParallelFor(runner, a.batch * ((a.topo.m + lanes - 1) / lanes), row_work,
-                [&](int64_t begin, int64_t end) { BwdRowBandItems<T>(a, span, begin, end); });
+    const int64_t blocks = (a.topo.m + lanes - 1) / lanes;
+    const int64_t chunk_blocks = AttnBandChunkBlocks(a.topo, lanes);
+    if (a.t_topo.m > 0 && AttnBandOnePass(a.batch, blocks, chunk_blocks, runner)) {
+      std::memset(a.dk, 0, sizeof(T) * a.batch * a.t_topo.m * a.d);
+      std::memset(a.dv_out, 0, sizeof(T) * a.batch * a.t_topo.m * a.dv);
+      const int64_t chunks = (blocks + chunk_blocks - 1) / chunk_blocks;
+      for (int64_t phase = 0; phase < 2 && phase < chunks; ++phase) {
+        const int64_t items = a.batch * ((chunks - phase + 1) / 2);
+        ParallelFor(runner, items, (row_work + col_work) * items / (a.batch * chunks),
+                    [&](int64_t begin, int64_t end) {
+                      BwdRowBandItems<T>(a, span, chunk_blocks, phase, begin, end);
+                    });
+      }
+      return 0;
+    }
+    ParallelFor(runner, a.batch * blocks, row_work,
+                [&](int64_t begin, int64_t end) { BwdRowBandItems<T>(a, span, 0, 0, begin, end); });
     if (a.t_topo.m > 0) {
       AttnBlockSpans(a.t_topo, lanes, &span, &area);
       ParallelFor(runner, a.batch * ((a.t_topo.m + lanes - 1) / lanes), col_work,
