@@ -94,6 +94,14 @@ void AttnBlockSpans(const AttnTopology& t, int64_t lanes, int64_t* longest, doub
   }
 }
 
+// The longest span of AttnBlockSpans: the band kernels' tile height.
+int64_t AttnLongestSpan(const AttnTopology& t, int64_t lanes) {
+  int64_t longest = 0;
+  double area = 0;
+  AttnBlockSpans(t, lanes, &longest, &area);
+  return longest;
+}
+
 // The single-pass band backward's chunk length in blocks of `lanes` rows: the fewest
 // blocks such that no key has query rows in two chunks two apart (chunks i and i + 2
 // then write disjoint rows of dk and dv, so each of the two phases runs its chunks in
@@ -172,9 +180,7 @@ int AttentionFwdCpu(const AttnFwdArgs<T>& a, const TaskRunner* runner) {
   const double work = 2.0 * nnz * static_cast<double>(a.d + a.dv + 8) * a.batch;
   const int64_t lanes = AttnBandLanes<T>();
   if (AttnBandFits(a.topo, lanes)) {
-    int64_t span = 0;
-    double area = 0;
-    AttnBlockSpans(a.topo, lanes, &span, &area);
+    const int64_t span = AttnLongestSpan(a.topo, lanes);
     const int64_t blocks = (a.topo.m + lanes - 1) / lanes;
     ParallelFor(runner, a.batch * blocks, work,
                 [&](int64_t begin, int64_t end) { FwdBandItems<T>(a, span, begin, end); });
@@ -194,9 +200,7 @@ int AttentionBwdCpu(const AttnBwdArgs<T>& a, const TaskRunner* runner) {
   const double col_work = 2.0 * nnz * static_cast<double>(2 * a.d + 2 * a.dv + 4) * a.batch;
   const int64_t lanes = AttnBandLanes<T>();
   if (AttnBandFits(a.topo, lanes)) {
-    int64_t span = 0;
-    double area = 0;
-    AttnBlockSpans(a.topo, lanes, &span, &area);
+    const int64_t span = AttnLongestSpan(a.topo, lanes);
     const int64_t blocks = (a.topo.m + lanes - 1) / lanes;
     const int64_t chunk_blocks = AttnBandChunkBlocks(a.topo, lanes);
     if (a.t_topo.m > 0 && AttnBandOnePass(a.batch, blocks, chunk_blocks, runner)) {
@@ -215,9 +219,9 @@ int AttentionBwdCpu(const AttnBwdArgs<T>& a, const TaskRunner* runner) {
     ParallelFor(runner, a.batch * blocks, row_work,
                 [&](int64_t begin, int64_t end) { BwdRowBandItems<T>(a, span, 0, 0, begin, end); });
     if (a.t_topo.m > 0) {
-      AttnBlockSpans(a.t_topo, lanes, &span, &area);
+      const int64_t key_span = AttnLongestSpan(a.t_topo, lanes);
       ParallelFor(runner, a.batch * ((a.t_topo.m + lanes - 1) / lanes), col_work,
-                  [&](int64_t begin, int64_t end) { BwdColBandItems<T>(a, span, begin, end); });
+                  [&](int64_t begin, int64_t end) { BwdColBandItems<T>(a, key_span, begin, end); });
     }
     return 0;
   }
