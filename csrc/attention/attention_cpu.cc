@@ -110,7 +110,9 @@ int64_t AttnLongestSpan(const AttnTopology& t, int64_t lanes) {
 int64_t AttnBandChunkBlocks(const AttnTopology& t, int64_t lanes) {
   const int64_t blocks = (t.m + lanes - 1) / lanes;
   auto lo = [&](int64_t r) { return static_cast<int64_t>(t.column_indices[t.row_offsets[r]]); };
-  auto hi = [&](int64_t r) { return static_cast<int64_t>(t.column_indices[t.row_offsets[r + 1] - 1]); };
+  auto hi = [&](int64_t r) {
+    return static_cast<int64_t>(t.column_indices[t.row_offsets[r + 1] - 1]);
+  };
   for (int64_t cb = 1; 2 * cb < blocks; cb *= 2) {
     bool disjoint = true;
     for (int64_t c = 0; disjoint && (c + 2) * cb < blocks; ++c) {
