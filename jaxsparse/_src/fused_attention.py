@@ -302,7 +302,9 @@ def _tangent_transpose(cts, q, k, v, keep, drop, out, lse, tq, tk, tv, *topo, **
   if type(ct_out) is ad.Zero:
     ct_out = jnp.zeros(out.shape, out.dtype)
   acc = lse.dtype
-  delta = jnp.sum(ct_out.astype(acc) * out.astype(acc), axis=-1)
+  # rowsum(ct_out * out) as a contraction: XLA's CPU backend (jax 0.10) runs the
+  # reduce-of-multiply form ~40x slower at [8, 4096, 64] (benchmarks/NOTES.md, change 42).
+  delta = jnp.einsum("...d,...d->...", ct_out.astype(acc), out.astype(acc))
   if type(ct_lse) is not ad.Zero:
     delta = delta - ct_lse.astype(acc)
   dq, dk, dv = attention_bwd_p.bind(q, k, v, keep, drop, lse, delta, ct_out.astype(q.dtype),
