@@ -94,7 +94,7 @@ void AttnBlockSpans(const AttnTopology& t, int64_t lanes, int64_t* longest, doub
   }
 }
 
-// The longest span of AttnBlockSpans: the band kernels' tile height.
+// The longest span of AttnBlockSpans (the two-pass backward's key blocks).
 int64_t AttnLongestSpan(const AttnTopology& t, int64_t lanes) {
   int64_t longest = 0;
   double area = 0;
@@ -106,7 +106,7 @@ int64_t AttnLongestSpan(const AttnTopology& t, int64_t lanes) {
 // blocks such that no key has query rows in two chunks two apart (chunks i and i + 2
 // then write disjoint rows of dk and dv, so each of the two phases runs its chunks in
 // parallel). One chunk of all the rows where no length does (full causal). Needs
-// AttnBandFits(t, lanes): lo and hi do not decrease from row to row.
+// AttnBandSpan(t, lanes) > 0: lo and hi do not decrease from row to row.
 int64_t AttnBandChunkBlocks(const AttnTopology& t, int64_t lanes) {
   const int64_t blocks = (t.m + lanes - 1) / lanes;
   auto lo = [&](int64_t r) { return static_cast<int64_t>(t.column_indices[t.row_offsets[r]]); };
@@ -138,30 +138,30 @@ bool AttnBandOnePass(int64_t batch, int64_t blocks, int64_t chunk_blocks,
   return batch * (chunks / 2) >= 2 * threads || (chunks == 1 && batch >= 2 * threads);
 }
 
-// Whether the band kernels take the row topology t (the forward and the backward
-// decide alike from it): every row stores a contiguous range of columns, none is
-// empty, the ranges' first and last columns do not decrease from row to row (so each
-// key's query rows are a contiguous range too), and the tiles are dense enough.
-// O(nnz).
-bool AttnBandFits(const AttnTopology& t, int64_t lanes) {
-  if (lanes <= 0 || t.m <= 0) return false;
+// The band kernels' tile height (the longest block span) for the row topology t, or 0
+// where they do not take it (the forward and the backward decide alike from t): they
+// take it when every row stores a contiguous range of columns, none is empty, the
+// ranges' first and last columns do not decrease from row to row (so each key's query
+// rows are a contiguous range too), and the tiles are dense enough. O(nnz).
+int64_t AttnBandSpan(const AttnTopology& t, int64_t lanes) {
+  if (lanes <= 0 || t.m <= 0) return 0;
   int64_t prev_lo = -1, prev_hi = -1;
   int32_t bad = 0;
   for (int64_t r = 0; r < t.m; ++r) {
     const int32_t j0 = t.row_offsets[r], j1 = t.row_offsets[r + 1];
-    if (j1 <= j0) return false;
+    if (j1 <= j0) return 0;
     const int32_t lo = t.column_indices[j0];
     const int64_t hi = static_cast<int64_t>(lo) + (j1 - j0) - 1;
-    if (lo < prev_lo || hi < prev_hi) return false;
+    if (lo < prev_lo || hi < prev_hi) return 0;
     for (int32_t j = j0; j < j1; ++j) bad |= t.column_indices[j] ^ (lo + (j - j0));
     prev_lo = lo;
     prev_hi = hi;
   }
-  if (bad != 0) return false;
+  if (bad != 0) return 0;
   int64_t longest = 0;
   double area = 0;
   AttnBlockSpans(t, lanes, &longest, &area);
-  return area <= kAttnBandMaxArea * static_cast<double>(t.row_offsets[t.m]);
+  return area <= kAttnBandMaxArea * static_cast<double>(t.row_offsets[t.m]) ? longest : 0;
 }
 
 int64_t MaxRowLength(const AttnTopology& t) {
@@ -181,8 +181,7 @@ int AttentionFwdCpu(const AttnFwdArgs<T>& a, const TaskRunner* runner) {
   const double nnz = static_cast<double>(a.topo.row_offsets[a.topo.m]);
   const double work = 2.0 * nnz * static_cast<double>(a.d + a.dv + 8) * a.batch;
   const int64_t lanes = AttnBandLanes<T>();
-  if (AttnBandFits(a.topo, lanes)) {
-    const int64_t span = AttnLongestSpan(a.topo, lanes);
+  if (const int64_t span = AttnBandSpan(a.topo, lanes); span > 0) {
     const int64_t blocks = (a.topo.m + lanes - 1) / lanes;
     ParallelFor(runner, a.batch * blocks, work,
                 [&](int64_t begin, int64_t end) { FwdBandItems<T>(a, span, begin, end); });
@@ -201,8 +200,7 @@ int AttentionBwdCpu(const AttnBwdArgs<T>& a, const TaskRunner* runner) {
   const double row_work = 2.0 * nnz * static_cast<double>(2 * a.d + a.dv + 4) * a.batch;
   const double col_work = 2.0 * nnz * static_cast<double>(2 * a.d + 2 * a.dv + 4) * a.batch;
   const int64_t lanes = AttnBandLanes<T>();
-  if (AttnBandFits(a.topo, lanes)) {
-    const int64_t span = AttnLongestSpan(a.topo, lanes);
+  if (const int64_t span = AttnBandSpan(a.topo, lanes); span > 0) {
     const int64_t blocks = (a.topo.m + lanes - 1) / lanes;
     const int64_t chunk_blocks = AttnBandChunkBlocks(a.topo, lanes);
     if (a.t_topo.m > 0 && AttnBandOnePass(a.batch, blocks, chunk_blocks, runner)) {
