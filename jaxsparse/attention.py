@@ -288,8 +288,11 @@ def sparse_dot_product_attention(
     pad = lambda x, core: x.reshape((1,) * (len(batch) - (x.ndim - core)) + x.shape)  # noqa: E731
     qh, kh, vh = (pad(x, 2) for x in (qh, kh, vh))
     keep, drop = (None if x is None else pad(x, 1) for x in (keep, drop))
+    # inner_batch: the heads dims came from [..., seq, heads, d]; the CPU kernels read
+    # and write that layout in place, so the moveaxis above and below cancel in XLA.
     out = fused_attention(qh, kh, vh, topo, causal=is_causal, keep=keep, drop=drop,
-                          drop_scale=1.0 / keep_prob if dropout else 1.0)
+                          drop_scale=1.0 / keep_prob if dropout else 1.0,
+                          inner_batch=2 if group > 1 else 1)
     if group > 1:
       out = out.reshape(out.shape[:-4] + (heads,) + out.shape[-2:])
     return jnp.moveaxis(out, -3, -2).astype(dtype)

@@ -529,3 +529,50 @@ def test_band_kernels_not_taken_off_band(rng, monkeypatch):
     band, rows = _band_and_rows(monkeypatch, f, g, args)
     for a, b in zip(band, rows):
       assert np.array_equal(a, b)
+
+
+# inner_batch is a layout hint: the CPU kernels read [..., rows, heads, d] in place
+# (row stride heads * d) instead of a transposed copy. Same math, same order of
+# operations: the results must be bitwise equal to inner_batch = 0, forward and
+# backward, on the row kernels (random mask, empty rows, keep mask, dropout), the band
+# kernels (local window) and the wide ones (d = 5), with broadcast batch dims.
+@pytest.mark.parametrize("case", ["random", "band", "wide", "masks", "gqa"])
+def test_inner_batch_layout_is_bitwise_equal(rng, case):
+  m = n = 40
+  d = dv = 5 if case == "wide" else 16
+  heads, kv_heads = (4, 2) if case == "gqa" else (3, 3)
+  topo = (patterns.local(m, 6) if case == "band"
+          else js.CSR.from_mask(_mask(rng, m, n, 0.3, empty_rows=(2, 9))))
+  topo = getattr(topo, "topology", topo)
+  q, k, v = _qkv(rng, (2,), m, n, heads, d, dv, np.float32, kv_heads)
+  k = k[:1]  # a broadcast batch dim
+  keep = drop = None
+  if case == "masks":
+    keep = jnp.asarray(rng.random((1, heads, topo.cap)) < 0.8, jnp.uint8)
+    drop = jnp.asarray(rng.random((2, heads, topo.cap)) < 0.7, jnp.uint8)
+  group = heads // kv_heads
+
+  def heads_major(x, h):  # [b, seq, h, d] -> [b, (kv_heads, group | h), seq, d]
+    x = jnp.moveaxis(x, -2, -3)
+    if group == 1:
+      return x
+    return (x.reshape(x.shape[:-3] + (kv_heads, group) + x.shape[-2:]) if h == heads
+            else x[:, :, None])
+
+  def f(inner):
+    def run(q, k, v):
+      qh, kh, vh = heads_major(q, heads), heads_major(k, kv_heads), heads_major(v, kv_heads)
+      kk, dd = keep, drop
+      if group > 1 and kk is not None:
+        kk, dd = (x.reshape(x.shape[:-2] + (kv_heads, group, x.shape[-1])) for x in (kk, dd))
+      out = fa.fused_attention(qh, kh, vh, topo, keep=kk, drop=dd, drop_scale=1.5,
+                               inner_batch=inner * (2 if group > 1 else 1))
+      return jnp.sum(jnp.sin(out)), out
+    return jax.jit(jax.value_and_grad(run, argnums=(0, 1, 2), has_aux=True))
+
+  (_, out0), g0 = f(0)(q, k, v)
+  (_, out1), g1 = f(1)(q, k, v)
+  np.testing.assert_array_equal(out1, out0)
+  for a, b in zip(g1, g0):
+    np.testing.assert_array_equal(a, b)
+  assert np.abs(np.asarray(out0)).max() > 0

@@ -8,8 +8,9 @@
 //       csrc/common/parallel_cpu.cc csrc/common/scan_cpu.cc -lpthread -o /tmp/kernels_cpu
 //   /tmp/kernels_cpu spmm  M K N DENSITY [THREADS]    # C[M,N] = A[M,K] @ B[K,N]
 //   /tmp/kernels_cpu sddmm M N D DENSITY [THREADS]    # (L[M,D] @ R[N,D]^T) at A's nonzeros
-//   /tmp/kernels_cpu attn  T W D HEADS [THREADS]      # fused attention, |row - col| <= W:
-//                                                     # forward, backward, each timed alone
+//   /tmp/kernels_cpu attn  T W D HEADS [THREADS [SEQ_MAJOR]]  # fused attention,
+//       |row - col| <= W: forward, backward, each timed alone; SEQ_MAJOR = 1 lays the
+//       operands out [T, HEADS, D] (the attention API's layout) instead of [HEADS, T, D]
 //
 // THREADS = 1 runs on the caller alone; > 1 uses the process-wide pool (the
 // machine's cores). Prints the best of 5 repeats (each ~0.2 s of calls), in microseconds.
@@ -105,7 +106,7 @@ double BestMicros(F&& call) {
 // The fused attention forward and backward on a local window of half-width w over
 // T positions (the pattern of benchmarks/bench_attention.py), `heads` batch entries,
 // head dim d, float32.
-int RunAttention(int T, int w, int d, int heads, const TaskRunner* runner) {
+int RunAttention(int T, int w, int d, int heads, bool seq_major, const TaskRunner* runner) {
   Topo t, tt;  // the window is symmetric: the transpose has the same rows
   t.offsets.assign(T + 1, 0);
   for (int r = 0; r < T; ++r) {
@@ -138,37 +139,47 @@ int RunAttention(int T, int w, int d, int heads, const TaskRunner* runner) {
     a.n = n;
     return a;
   };
+  // Per head h: rows at h * T * d, stride d; or (seq_major) at h * d, stride heads * d.
+  std::vector<int64_t> offsets(heads);
+  for (int h = 0; h < heads; ++h) offsets[h] = static_cast<int64_t>(h) * (seq_major ? d : T * d);
+  const int64_t ld = seq_major ? static_cast<int64_t>(heads) * d : d;
+  auto in = [&](AlignedArray<float>& x) {
+    return AttnRows<const float>{x.data(), offsets.data(), ld};
+  };
+  auto res = [&](AlignedArray<float>& x) { return AttnRows<float>{x.data(), offsets.data(), ld}; };
   AttnFwdArgs<float> f;
   f.topo = topo(t, T);
-  f.q = q.data();
-  f.k = k.data();
-  f.v = v.data();
-  f.q_stride = f.k_stride = f.v_stride = static_cast<int64_t>(T) * d;
-  f.out = out.data();
+  f.q = in(q);
+  f.k = in(k);
+  f.v = in(v);
+  f.out = res(out);
   f.lse = lse.data();
   f.batch = heads;
   f.d = f.dv = d;
   const double fwd_us = BestMicros([&] { AttentionFwdCpu(f, runner); });
-  for (size_t i = 0; i < rows; ++i) {  // delta[r] = dout[r] . out[r]
-    double s = 0;
-    for (int x = 0; x < d; ++x) s += static_cast<double>(g.data()[i * d + x]) * out.data()[i * d + x];
-    delta.data()[i] = static_cast<float>(s);
+  for (int h = 0; h < heads; ++h) {  // delta[r] = dout[r] . out[r]
+    for (int r = 0; r < T; ++r) {
+      const float* gr = g.data() + offsets[h] + r * ld;
+      const float* outr = out.data() + offsets[h] + r * ld;
+      double s = 0;
+      for (int x = 0; x < d; ++x) s += static_cast<double>(gr[x]) * outr[x];
+      delta.data()[static_cast<size_t>(h) * T + r] = static_cast<float>(s);
+    }
   }
   AttnBwdArgs<float> b;
   b.topo = topo(t, T);
   b.t_topo = topo(tt, T);
-  b.q = q.data();
-  b.k = k.data();
-  b.v = v.data();
+  b.q = in(q);
+  b.k = in(k);
+  b.v = in(v);
   b.lse = lse.data();
   b.delta = delta.data();
-  b.dout = g.data();
+  b.dout = in(g);
   b.t_perm = t_perm.data();
-  b.q_stride = b.k_stride = b.v_stride = b.dout_stride = static_cast<int64_t>(T) * d;
   b.lse_stride = b.delta_stride = T;
-  b.dq = dq.data();
-  b.dk = dk.data();
-  b.dv_out = dv.data();
+  b.dq = res(dq);
+  b.dk = res(dk);
+  b.dv_out = res(dv);
   b.batch = heads;
   b.d = b.dv = d;
   const double bwd_us = BestMicros([&] { AttentionBwdCpu(b, runner); });
@@ -180,8 +191,9 @@ int RunAttention(int T, int w, int d, int heads, const TaskRunner* runner) {
                                     std::chrono::steady_clock::now() - t0).count());
   }
   const double flops = 4.0 * static_cast<double>(t.cols.size()) * d * heads;  // QK^T and PV
-  std::printf("attn T=%d w=%d d=%d heads=%d nnz/head=%zu: forward %.1f us (%.1f useful GFLOP/s), "
-              "backward %.1f us (%.1f; fastest call %.1f us)\n", T, w, d, heads, t.cols.size(),
+  std::printf("attn T=%d w=%d d=%d heads=%d%s nnz/head=%zu: forward %.1f us (%.1f useful GFLOP/s), "
+              "backward %.1f us (%.1f; fastest call %.1f us)\n", T, w, d, heads,
+              seq_major ? " [T, heads, d]" : "", t.cols.size(),
               fwd_us, flops / fwd_us / 1e3, bwd_us, 2 * flops / bwd_us / 1e3, bwd_min);
   return 0;
 }
@@ -192,7 +204,8 @@ int main(int argc, char** argv) {
   if (argc >= 6 && std::strcmp(argv[1], "attn") == 0) {
     const int threads = argc > 6 ? std::atoi(argv[6]) : 1;
     return RunAttention(std::atoi(argv[2]), std::atoi(argv[3]), std::atoi(argv[4]),
-                        std::atoi(argv[5]), threads > 1 ? DefaultTaskRunner() : nullptr);
+                        std::atoi(argv[5]), argc > 7 && std::atoi(argv[7]) != 0,
+                        threads > 1 ? DefaultTaskRunner() : nullptr);
   }
   if (argc < 6 || (std::strcmp(argv[1], "spmm") != 0 && std::strcmp(argv[1], "sddmm") != 0)) {
     std::fprintf(stderr,

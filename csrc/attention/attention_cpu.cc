@@ -204,8 +204,12 @@ int AttentionBwdCpu(const AttnBwdArgs<T>& a, const TaskRunner* runner) {
     const int64_t blocks = (a.topo.m + lanes - 1) / lanes;
     const int64_t chunk_blocks = AttnBandChunkBlocks(a.topo, lanes);
     if (a.t_topo.m > 0 && AttnBandOnePass(a.batch, blocks, chunk_blocks, runner)) {
-      std::memset(a.dk, 0, sizeof(T) * a.batch * a.t_topo.m * a.d);
-      std::memset(a.dv_out, 0, sizeof(T) * a.batch * a.t_topo.m * a.dv);
+      for (int64_t bb = 0; bb < a.batch; ++bb) {  // the rows are accumulated in place
+        for (int64_t c = 0; c < a.t_topo.m; ++c) {
+          std::memset(a.dk.Row(bb, c), 0, sizeof(T) * a.d);
+          std::memset(a.dv_out.Row(bb, c), 0, sizeof(T) * a.dv);
+        }
+      }
       const int64_t chunks = (blocks + chunk_blocks - 1) / chunk_blocks;
       for (int64_t phase = 0; phase < 2 && phase < chunks; ++phase) {
         const int64_t items = a.batch * ((chunks - phase + 1) / 2);

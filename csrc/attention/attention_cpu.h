@@ -37,19 +37,32 @@ struct AttnTopology {
   bool causal = false;  // also drop the stored entries with column > row
 };
 
+// One dense operand of the attention: per batch entry b a matrix whose row i starts
+// at data + offsets[b] + i * ld (elements; the row's entries are contiguous). A
+// contiguous [B, rows, cols] array has offsets b * rows * cols (0 for every b when
+// broadcast) and ld = cols; an array laid out [rows, heads, cols] per batch entry
+// (the [batch, seq, heads, head_dim] of the attention API) has ld = heads * cols.
+template <typename T>
+struct AttnRows {
+  T* data = nullptr;
+  const int64_t* offsets = nullptr;  // [batch]
+  int64_t ld = 0;
+  T* Batch(int64_t b) const { return data + offsets[b]; }
+  T* Row(int64_t b, int64_t i) const { return data + offsets[b] + i * ld; }
+};
+
 template <typename T>
 struct AttnFwdArgs {
   AttnTopology topo;
-  const T* q = nullptr;  // [Bq, m, d]
-  const T* k = nullptr;  // [Bk, n, d]
-  const T* v = nullptr;  // [Bv, n, dv]
-  int64_t q_stride = 0, k_stride = 0, v_stride = 0;  // batch strides: 0 or one entry
+  // Dense operands in rows (AttnRows): q [m, d], k [n, d], v [n, dv] and out
+  // [m, dv] of each batch entry.
+  AttnRows<const T> q, k, v;
   const uint8_t* keep = nullptr;  // [Bk, cap] (0: entry masked out) or null: all kept
   int64_t keep_stride = 0;
   const uint8_t* drop = nullptr;  // [Bd, cap] dropout (0: dropped) or null: no dropout
   int64_t drop_stride = 0;
   double drop_scale = 1.0;        // the kept entries' multiplier, 1 / keep probability
-  T* out = nullptr;            // [batch, m, dv]
+  AttnRows<T> out;
   Accum<T>* lse = nullptr;     // [batch, m]
   int64_t batch = 0;
   int64_t d = 0;
@@ -60,23 +73,18 @@ template <typename T>
 struct AttnBwdArgs {
   AttnTopology topo;     // rows: queries
   AttnTopology t_topo;   // its transpose: rows are keys, column_indices are query rows
-  const T* q = nullptr;  // [Bq, m, d]
-  const T* k = nullptr;  // [Bk, n, d]
-  const T* v = nullptr;  // [Bv, n, dv]
+  AttnRows<const T> q, k, v;       // [m, d], [n, d], [n, dv] per batch entry
   const Accum<T>* lse = nullptr;    // [Bl, m]
   const Accum<T>* delta = nullptr;  // [Bd, m]
-  const T* dout = nullptr;          // [Bg, m, dv]
+  AttnRows<const T> dout;           // [m, dv]
   const uint8_t* keep = nullptr;    // [Bk, cap] or null, in the stored (row-major) order
   int64_t keep_stride = 0;
   const uint8_t* drop = nullptr;    // [Bd, cap] or null, stored order
   int64_t drop_stride = 0;
   double drop_scale = 1.0;
   const int32_t* t_perm = nullptr;  // [cap]: transposed position -> stored position
-  int64_t q_stride = 0, k_stride = 0, v_stride = 0, lse_stride = 0, delta_stride = 0,
-          dout_stride = 0;
-  T* dq = nullptr;  // [batch, m, d]
-  T* dk = nullptr;  // [batch, n, d]
-  T* dv_out = nullptr;  // [batch, n, dv]
+  int64_t lse_stride = 0, delta_stride = 0;  // batch strides: 0 or one entry
+  AttnRows<T> dq, dk, dv_out;  // [m, d], [n, d], [n, dv] per batch entry
   int64_t batch = 0;
   int64_t d = 0;
   int64_t dv = 0;

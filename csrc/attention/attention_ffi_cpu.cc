@@ -11,8 +11,16 @@
 //        (transposed position -> stored position); attrs causal, drop_scale
 //        -> dq T[B, m, d], dk T[B, n, d], dv T[B, n, dv]
 // A is float32 (float64 for float64 operands). Every batch dim is 1 or B.
+// The attribute rows_dim places the rows of q, k, v, dout, out, dq, dk and dv: each is
+// [*outer, rows, *inner, cols] with rows at dimension rows_dim (the last but one when
+// rows_dim = rank - 2), its batch dims (outer then inner; each 1 or the result's) in
+// that order flattened to the B of the other operands; lse, delta, keep and drop are
+// [B or 1, ...] as above. rows_dim < rank - 2 reads and writes the attention API's
+// [batch, seq, heads, head_dim] in place (no transposes around the call).
 #include <cstdint>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "attention/attention_cpu.h"
 #include "common/ffi_cpu_helpers.h"
@@ -82,71 +90,132 @@ ffi::Error DecodeEntryMask(ffi::AnyBuffer mask, int64_t batch, int64_t cap, cons
   return ffi::Error::Success();
 }
 
+// One dense operand (see the file comment): checks its rank, rows and cols against
+// `rows` and `cols` and each batch dim against `batch` (1 allowed unless `result`),
+// and fills `offsets` (element offset of each flat batch entry's first row) and the
+// row stride. `batch` is empty to take it from this operand (a result).
+ffi::Error DecodeRows(ffi::Span<const int64_t> dims, int64_t rows_dim, int64_t rows,
+                      int64_t cols, bool result, const std::string& name,
+                      std::vector<int64_t>* batch, std::vector<int64_t>* offsets, int64_t* ld) {
+  const int64_t rank = static_cast<int64_t>(dims.size());
+  if (rank < 3 || rows_dim < 0 || rows_dim > rank - 2) {
+    return InvalidArgument(name + " has rank " + std::to_string(rank) +
+                           "; expected >= 3 with the rows at dimension rows_dim = " +
+                           std::to_string(rows_dim));
+  }
+  JAXSPARSE_RETURN_IF_ERROR(CheckDim(dims[rows_dim], rows, name + " rows (dimension " +
+                                                              std::to_string(rows_dim) + ")"));
+  JAXSPARSE_RETURN_IF_ERROR(CheckDim(dims[rank - 1], cols, name + " last dimension"));
+  std::vector<int64_t> bdims, strides;
+  int64_t stride = 1;
+  std::vector<int64_t> elem_stride(rank);
+  for (int64_t i = rank - 1; i >= 0; --i) {
+    elem_stride[i] = stride;
+    stride *= dims[i];
+  }
+  for (int64_t i = 0; i < rank - 1; ++i) {
+    if (i == rows_dim) continue;
+    bdims.push_back(dims[i]);
+    strides.push_back(elem_stride[i]);
+  }
+  if (batch->empty() && result) *batch = bdims;
+  if (bdims.size() != batch->size()) {
+    return InvalidArgument(name + " has " + std::to_string(bdims.size()) +
+                           " batch dims, expected " + std::to_string(batch->size()));
+  }
+  int64_t total = 1;
+  for (size_t i = 0; i < bdims.size(); ++i) {
+    if (bdims[i] != (*batch)[i] && (result || bdims[i] != 1)) {
+      return InvalidArgument(name + " batch dim " + std::to_string(i) + " is " +
+                             std::to_string(bdims[i]) + "; expected " +
+                             (result ? "" : "1 or ") + std::to_string((*batch)[i]));
+    }
+    if (bdims[i] == 1) strides[i] = 0;
+    total *= (*batch)[i];
+  }
+  offsets->assign(static_cast<size_t>(total), 0);
+  for (int64_t b = 0; b < total; ++b) {  // row-major over the batch dims
+    int64_t rest = b, off = 0;
+    for (int64_t i = static_cast<int64_t>(bdims.size()) - 1; i >= 0; --i) {
+      off += (rest % (*batch)[i]) * strides[i];
+      rest /= (*batch)[i];
+    }
+    (*offsets)[b] = off;
+  }
+  *ld = elem_stride[rows_dim];
+  return ffi::Error::Success();
+}
+
 ffi::Error AttentionFwdCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer q, ffi::AnyBuffer k,
                                ffi::AnyBuffer v, ffi::AnyBuffer keep, ffi::AnyBuffer drop,
                                ffi::Buffer<ffi::S32> topology, bool causal, double drop_scale,
-                               ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::AnyBuffer> lse,
+                               int64_t rows_dim, ffi::Result<ffi::AnyBuffer> out,
+                               ffi::Result<ffi::AnyBuffer> lse,
                                ffi::Span<const int64_t> segments) {
   IndexSegment row_offsets, column_indices, row_indices;
   JAXSPARSE_RETURN_IF_ERROR(TopologySegments(
       topology, segments, "attention_fwd", {"row_offsets", "column_indices", "row_indices"},
       {&row_offsets, &column_indices, &row_indices}));
   const char* op = "attention_fwd";
-  JAXSPARSE_RETURN_IF_ERROR(CheckRank(q, 3, "attention_fwd: query"));
-  JAXSPARSE_RETURN_IF_ERROR(CheckRank(k, 3, "attention_fwd: key"));
-  JAXSPARSE_RETURN_IF_ERROR(CheckRank(v, 3, "attention_fwd: value"));
-  JAXSPARSE_RETURN_IF_ERROR(CheckRank(*out, 3, "attention_fwd: out"));
   JAXSPARSE_RETURN_IF_ERROR(CheckRank(*lse, 2, "attention_fwd: lse"));
   const ffi::DataType dtype = out->element_type();
   JAXSPARSE_RETURN_IF_ERROR(CheckSameDtype(q.element_type(), dtype, op, "query"));
   JAXSPARSE_RETURN_IF_ERROR(CheckSameDtype(k.element_type(), dtype, op, "key"));
   JAXSPARSE_RETURN_IF_ERROR(CheckSameDtype(v.element_type(), dtype, op, "value"));
   JAXSPARSE_RETURN_IF_ERROR(CheckAccumDtype(lse->element_type(), dtype, op, "lse"));
-
-  const int64_t n = k.dimensions()[1];
+  const int64_t rank = static_cast<int64_t>(q.dimensions().size());
+  if (rank < 3 || rows_dim < 0 || rows_dim > rank - 2) {
+    return InvalidArgument("attention_fwd: query has rank " + std::to_string(rank) +
+                           "; expected >= 3 with rows_dim = " + std::to_string(rows_dim) +
+                           " in [0, rank - 2]");
+  }
+  const int64_t last = rank - 1;
+  for (auto [x, name] : {std::pair{&k, "key"}, std::pair{&v, "value"}}) {
+    if (x->dimensions().size() != static_cast<size_t>(rank)) {
+      return InvalidArgument(std::string("attention_fwd: ") + name + " has rank " +
+                             std::to_string(x->dimensions().size()) + ", query " +
+                             std::to_string(rank));
+    }
+  }
+  const int64_t n = k.dimensions()[rows_dim];
   cpu::AttnTopology topo;
   JAXSPARSE_RETURN_IF_ERROR(
       DecodeTopology(row_offsets, column_indices, row_indices, n, op, "", &topo));
   topo.causal = causal;
   const int64_t m = topo.m;
-  const int64_t batch = out->dimensions()[0];
-  const int64_t d = q.dimensions()[2];
-  const int64_t dv = v.dimensions()[2];
-  JAXSPARSE_RETURN_IF_ERROR(CheckDim(q.dimensions()[1], m, "attention_fwd: query.shape[1] (m)"));
-  JAXSPARSE_RETURN_IF_ERROR(CheckDim(k.dimensions()[2], d, "attention_fwd: key.shape[2] (d = query.shape[2])"));
-  JAXSPARSE_RETURN_IF_ERROR(CheckDim(v.dimensions()[1], n, "attention_fwd: value.shape[1] (n = key.shape[1])"));
-  JAXSPARSE_RETURN_IF_ERROR(CheckDim(out->dimensions()[1], m, "attention_fwd: out.shape[1] (m)"));
-  JAXSPARSE_RETURN_IF_ERROR(CheckDim(out->dimensions()[2], dv, "attention_fwd: out.shape[2] (dv)"));
-  JAXSPARSE_RETURN_IF_ERROR(CheckDim(lse->dimensions()[0], batch, "attention_fwd: lse.shape[0] (batch)"));
+  const int64_t d = q.dimensions()[last];
+  const int64_t dv = v.dimensions()[last];
+  std::vector<int64_t> batch, q_off, k_off, v_off, out_off;
+  int64_t ldq = 0, ldk = 0, ldv = 0, ldo = 0;
+  JAXSPARSE_RETURN_IF_ERROR(DecodeRows(out->dimensions(), rows_dim, m, dv, true, "attention_fwd: out", &batch, &out_off, &ldo));
+  JAXSPARSE_RETURN_IF_ERROR(DecodeRows(q.dimensions(), rows_dim, m, d, false, "attention_fwd: query", &batch, &q_off, &ldq));
+  JAXSPARSE_RETURN_IF_ERROR(DecodeRows(k.dimensions(), rows_dim, n, d, false, "attention_fwd: key", &batch, &k_off, &ldk));
+  JAXSPARSE_RETURN_IF_ERROR(DecodeRows(v.dimensions(), rows_dim, n, dv, false, "attention_fwd: value", &batch, &v_off, &ldv));
+  const int64_t flat_batch = static_cast<int64_t>(out_off.size());
+  JAXSPARSE_RETURN_IF_ERROR(CheckDim(lse->dimensions()[0], flat_batch, "attention_fwd: lse.shape[0] (batch)"));
   JAXSPARSE_RETURN_IF_ERROR(CheckDim(lse->dimensions()[1], m, "attention_fwd: lse.shape[1] (m)"));
-  int64_t qs = 0, ks = 0, vs = 0, keep_stride = 0, drop_stride = 0;
+  int64_t keep_stride = 0, drop_stride = 0;
   const uint8_t* keep_data = nullptr;
   const uint8_t* drop_data = nullptr;
   const int64_t cap = column_indices.dimensions()[0];
-  JAXSPARSE_RETURN_IF_ERROR(DecodeEntryMask(keep, batch, cap, op, "keep", &keep_data, &keep_stride));
-  JAXSPARSE_RETURN_IF_ERROR(DecodeEntryMask(drop, batch, cap, op, "drop", &drop_data, &drop_stride));
-  JAXSPARSE_RETURN_IF_ERROR(BatchStride(q.dimensions()[0], batch, m * d, "attention_fwd: query", &qs));
-  JAXSPARSE_RETURN_IF_ERROR(BatchStride(k.dimensions()[0], batch, n * d, "attention_fwd: key", &ks));
-  JAXSPARSE_RETURN_IF_ERROR(BatchStride(v.dimensions()[0], batch, n * dv, "attention_fwd: value", &vs));
+  JAXSPARSE_RETURN_IF_ERROR(DecodeEntryMask(keep, flat_batch, cap, op, "keep", &keep_data, &keep_stride));
+  JAXSPARSE_RETURN_IF_ERROR(DecodeEntryMask(drop, flat_batch, cap, op, "drop", &drop_data, &drop_stride));
 
   FfiTaskRunner runner(pool);
   JAXSPARSE_CPU_DISPATCH(dtype, op, "out", T, {
     cpu::AttnFwdArgs<T> a;
     a.topo = topo;
-    a.q = static_cast<const T*>(q.untyped_data());
-    a.k = static_cast<const T*>(k.untyped_data());
-    a.v = static_cast<const T*>(v.untyped_data());
-    a.q_stride = qs;
-    a.k_stride = ks;
-    a.v_stride = vs;
+    a.q = {static_cast<const T*>(q.untyped_data()), q_off.data(), ldq};
+    a.k = {static_cast<const T*>(k.untyped_data()), k_off.data(), ldk};
+    a.v = {static_cast<const T*>(v.untyped_data()), v_off.data(), ldv};
     a.keep = keep_data;
     a.keep_stride = keep_stride;
     a.drop = drop_data;
     a.drop_stride = drop_stride;
     a.drop_scale = drop_scale;
-    a.out = static_cast<T*>(out->untyped_data());
+    a.out = {static_cast<T*>(out->untyped_data()), out_off.data(), ldo};
     a.lse = static_cast<cpu::Accum<T>*>(lse->untyped_data());
-    a.batch = batch;
+    a.batch = flat_batch;
     a.d = d;
     a.dv = dv;
     if (cpu::AttentionFwdCpu<T>(a, &runner) != 0) {
@@ -160,7 +229,8 @@ ffi::Error AttentionBwdCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer q, ffi::AnyB
                                ffi::AnyBuffer v, ffi::AnyBuffer keep, ffi::AnyBuffer drop,
                                ffi::AnyBuffer lse, ffi::AnyBuffer delta, ffi::AnyBuffer dout,
                                ffi::Buffer<ffi::S32> topology, bool causal, double drop_scale,
-                               ffi::Result<ffi::AnyBuffer> dq, ffi::Result<ffi::AnyBuffer> dk,
+                               int64_t rows_dim, ffi::Result<ffi::AnyBuffer> dq,
+                               ffi::Result<ffi::AnyBuffer> dk,
                                ffi::Result<ffi::AnyBuffer> dv_out,
                                ffi::Span<const int64_t> segments) {
   IndexSegment row_offsets, column_indices, row_indices, t_row_offsets, t_column_indices,
@@ -172,15 +242,8 @@ ffi::Error AttentionBwdCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer q, ffi::AnyB
       {&row_offsets, &column_indices, &row_indices, &t_row_offsets, &t_column_indices,
        &t_row_indices, &t_perm}));
   const char* op = "attention_bwd";
-  JAXSPARSE_RETURN_IF_ERROR(CheckRank(q, 3, "attention_bwd: query"));
-  JAXSPARSE_RETURN_IF_ERROR(CheckRank(k, 3, "attention_bwd: key"));
-  JAXSPARSE_RETURN_IF_ERROR(CheckRank(v, 3, "attention_bwd: value"));
   JAXSPARSE_RETURN_IF_ERROR(CheckRank(lse, 2, "attention_bwd: lse"));
   JAXSPARSE_RETURN_IF_ERROR(CheckRank(delta, 2, "attention_bwd: delta"));
-  JAXSPARSE_RETURN_IF_ERROR(CheckRank(dout, 3, "attention_bwd: dout"));
-  JAXSPARSE_RETURN_IF_ERROR(CheckRank(*dq, 3, "attention_bwd: dq"));
-  JAXSPARSE_RETURN_IF_ERROR(CheckRank(*dk, 3, "attention_bwd: dk"));
-  JAXSPARSE_RETURN_IF_ERROR(CheckRank(*dv_out, 3, "attention_bwd: dv"));
   const ffi::DataType dtype = dq->element_type();
   JAXSPARSE_RETURN_IF_ERROR(CheckSameDtype(q.element_type(), dtype, op, "query"));
   JAXSPARSE_RETURN_IF_ERROR(CheckSameDtype(k.element_type(), dtype, op, "key"));
@@ -190,9 +253,22 @@ ffi::Error AttentionBwdCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer q, ffi::AnyB
   JAXSPARSE_RETURN_IF_ERROR(CheckSameDtype(dv_out->element_type(), dtype, op, "dv"));
   JAXSPARSE_RETURN_IF_ERROR(CheckAccumDtype(lse.element_type(), dtype, op, "lse"));
   JAXSPARSE_RETURN_IF_ERROR(CheckAccumDtype(delta.element_type(), dtype, op, "delta"));
-
-  const int64_t m = q.dimensions()[1];
-  const int64_t n = k.dimensions()[1];
+  const int64_t rank = static_cast<int64_t>(q.dimensions().size());
+  if (rank < 3 || rows_dim < 0 || rows_dim > rank - 2) {
+    return InvalidArgument("attention_bwd: query has rank " + std::to_string(rank) +
+                           "; expected >= 3 with rows_dim = " + std::to_string(rows_dim) +
+                           " in [0, rank - 2]");
+  }
+  const int64_t last = rank - 1;
+  for (auto [x, name] : {std::pair{&k, "key"}, std::pair{&v, "value"}, std::pair{&dout, "dout"}}) {
+    if (x->dimensions().size() != static_cast<size_t>(rank)) {
+      return InvalidArgument(std::string("attention_bwd: ") + name + " has rank " +
+                             std::to_string(x->dimensions().size()) + ", query " +
+                             std::to_string(rank));
+    }
+  }
+  const int64_t m = q.dimensions()[rows_dim];
+  const int64_t n = k.dimensions()[rows_dim];
   cpu::AttnTopology topo, t_topo;
   JAXSPARSE_RETURN_IF_ERROR(
       DecodeTopology(row_offsets, column_indices, row_indices, n, op, "", &topo));
@@ -200,33 +276,30 @@ ffi::Error AttentionBwdCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer q, ffi::AnyB
                                            "transposed ", &t_topo));
   topo.causal = causal;
   t_topo.causal = causal;
-  JAXSPARSE_RETURN_IF_ERROR(CheckDim(topo.m, m, "attention_bwd: rows of the topology (query.shape[1])"));
-  JAXSPARSE_RETURN_IF_ERROR(CheckDim(t_topo.m, n, "attention_bwd: rows of the transposed topology (key.shape[1])"));
+  JAXSPARSE_RETURN_IF_ERROR(CheckDim(topo.m, m, "attention_bwd: rows of the topology (query rows)"));
+  JAXSPARSE_RETURN_IF_ERROR(CheckDim(t_topo.m, n, "attention_bwd: rows of the transposed topology (key rows)"));
   JAXSPARSE_RETURN_IF_ERROR(CheckDim(t_topo.row_offsets[n], topo.row_offsets[m],
                                      "attention_bwd: nnz of the transposed topology (nnz)"));
-  const int64_t batch = dq->dimensions()[0];
-  const int64_t d = q.dimensions()[2];
-  const int64_t dv = v.dimensions()[2];
-  JAXSPARSE_RETURN_IF_ERROR(CheckDim(k.dimensions()[2], d, "attention_bwd: key.shape[2] (d)"));
-  JAXSPARSE_RETURN_IF_ERROR(CheckDim(v.dimensions()[1], n, "attention_bwd: value.shape[1] (n)"));
+  const int64_t d = q.dimensions()[last];
+  const int64_t dv = v.dimensions()[last];
+  std::vector<int64_t> batch, q_off, k_off, v_off, g_off, dq_off, dk_off, dv_off;
+  int64_t ldq = 0, ldk = 0, ldv = 0, ldg = 0, lddq = 0, lddk = 0, lddv = 0;
+  JAXSPARSE_RETURN_IF_ERROR(DecodeRows(dq->dimensions(), rows_dim, m, d, true, "attention_bwd: dq", &batch, &dq_off, &lddq));
+  JAXSPARSE_RETURN_IF_ERROR(DecodeRows(dk->dimensions(), rows_dim, n, d, true, "attention_bwd: dk", &batch, &dk_off, &lddk));
+  JAXSPARSE_RETURN_IF_ERROR(DecodeRows(dv_out->dimensions(), rows_dim, n, dv, true, "attention_bwd: dv", &batch, &dv_off, &lddv));
+  JAXSPARSE_RETURN_IF_ERROR(DecodeRows(q.dimensions(), rows_dim, m, d, false, "attention_bwd: query", &batch, &q_off, &ldq));
+  JAXSPARSE_RETURN_IF_ERROR(DecodeRows(k.dimensions(), rows_dim, n, d, false, "attention_bwd: key", &batch, &k_off, &ldk));
+  JAXSPARSE_RETURN_IF_ERROR(DecodeRows(v.dimensions(), rows_dim, n, dv, false, "attention_bwd: value", &batch, &v_off, &ldv));
+  JAXSPARSE_RETURN_IF_ERROR(DecodeRows(dout.dimensions(), rows_dim, m, dv, false, "attention_bwd: dout", &batch, &g_off, &ldg));
+  const int64_t flat_batch = static_cast<int64_t>(dq_off.size());
   JAXSPARSE_RETURN_IF_ERROR(CheckDim(lse.dimensions()[1], m, "attention_bwd: lse.shape[1] (m)"));
   JAXSPARSE_RETURN_IF_ERROR(CheckDim(delta.dimensions()[1], m, "attention_bwd: delta.shape[1] (m)"));
-  JAXSPARSE_RETURN_IF_ERROR(CheckDim(dout.dimensions()[1], m, "attention_bwd: dout.shape[1] (m)"));
-  JAXSPARSE_RETURN_IF_ERROR(CheckDim(dout.dimensions()[2], dv, "attention_bwd: dout.shape[2] (dv)"));
-  JAXSPARSE_RETURN_IF_ERROR(CheckDim(dq->dimensions()[1], m, "attention_bwd: dq.shape[1] (m)"));
-  JAXSPARSE_RETURN_IF_ERROR(CheckDim(dq->dimensions()[2], d, "attention_bwd: dq.shape[2] (d)"));
-  JAXSPARSE_RETURN_IF_ERROR(CheckDim(dk->dimensions()[0], batch, "attention_bwd: dk.shape[0] (batch)"));
-  JAXSPARSE_RETURN_IF_ERROR(CheckDim(dk->dimensions()[1], n, "attention_bwd: dk.shape[1] (n)"));
-  JAXSPARSE_RETURN_IF_ERROR(CheckDim(dk->dimensions()[2], d, "attention_bwd: dk.shape[2] (d)"));
-  JAXSPARSE_RETURN_IF_ERROR(CheckDim(dv_out->dimensions()[0], batch, "attention_bwd: dv.shape[0] (batch)"));
-  JAXSPARSE_RETURN_IF_ERROR(CheckDim(dv_out->dimensions()[1], n, "attention_bwd: dv.shape[1] (n)"));
-  JAXSPARSE_RETURN_IF_ERROR(CheckDim(dv_out->dimensions()[2], dv, "attention_bwd: dv.shape[2] (dv)"));
-  int64_t qs = 0, ks = 0, vs = 0, ls = 0, ds = 0, gs = 0, keep_stride = 0, drop_stride = 0;
+  int64_t ls = 0, ds = 0, keep_stride = 0, drop_stride = 0;
   const uint8_t* keep_data = nullptr;
   const uint8_t* drop_data = nullptr;
   const int64_t cap = column_indices.dimensions()[0];
-  JAXSPARSE_RETURN_IF_ERROR(DecodeEntryMask(keep, batch, cap, op, "keep", &keep_data, &keep_stride));
-  JAXSPARSE_RETURN_IF_ERROR(DecodeEntryMask(drop, batch, cap, op, "drop", &drop_data, &drop_stride));
+  JAXSPARSE_RETURN_IF_ERROR(DecodeEntryMask(keep, flat_batch, cap, op, "keep", &keep_data, &keep_stride));
+  JAXSPARSE_RETURN_IF_ERROR(DecodeEntryMask(drop, flat_batch, cap, op, "drop", &drop_data, &drop_stride));
   JAXSPARSE_RETURN_IF_ERROR(CheckDim(t_perm.dimensions()[0], cap, "attention_bwd: t_perm size (cap)"));
   if (keep_data != nullptr || drop_data != nullptr) {  // read through t_perm by pass 2
     const int32_t* perm = t_perm.typed_data();
@@ -237,12 +310,8 @@ ffi::Error AttentionBwdCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer q, ffi::AnyB
                              std::to_string(cap) + ")");
     }
   }
-  JAXSPARSE_RETURN_IF_ERROR(BatchStride(q.dimensions()[0], batch, m * d, "attention_bwd: query", &qs));
-  JAXSPARSE_RETURN_IF_ERROR(BatchStride(k.dimensions()[0], batch, n * d, "attention_bwd: key", &ks));
-  JAXSPARSE_RETURN_IF_ERROR(BatchStride(v.dimensions()[0], batch, n * dv, "attention_bwd: value", &vs));
-  JAXSPARSE_RETURN_IF_ERROR(BatchStride(lse.dimensions()[0], batch, m, "attention_bwd: lse", &ls));
-  JAXSPARSE_RETURN_IF_ERROR(BatchStride(delta.dimensions()[0], batch, m, "attention_bwd: delta", &ds));
-  JAXSPARSE_RETURN_IF_ERROR(BatchStride(dout.dimensions()[0], batch, m * dv, "attention_bwd: dout", &gs));
+  JAXSPARSE_RETURN_IF_ERROR(BatchStride(lse.dimensions()[0], flat_batch, m, "attention_bwd: lse", &ls));
+  JAXSPARSE_RETURN_IF_ERROR(BatchStride(delta.dimensions()[0], flat_batch, m, "attention_bwd: delta", &ds));
 
   FfiTaskRunner runner(pool);
   JAXSPARSE_CPU_DISPATCH(dtype, op, "dq", T, {
@@ -250,28 +319,24 @@ ffi::Error AttentionBwdCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer q, ffi::AnyB
     cpu::AttnBwdArgs<T> a;
     a.topo = topo;
     a.t_topo = t_topo;
-    a.q = static_cast<const T*>(q.untyped_data());
-    a.k = static_cast<const T*>(k.untyped_data());
-    a.v = static_cast<const T*>(v.untyped_data());
+    a.q = {static_cast<const T*>(q.untyped_data()), q_off.data(), ldq};
+    a.k = {static_cast<const T*>(k.untyped_data()), k_off.data(), ldk};
+    a.v = {static_cast<const T*>(v.untyped_data()), v_off.data(), ldv};
     a.lse = static_cast<const A*>(lse.untyped_data());
     a.delta = static_cast<const A*>(delta.untyped_data());
-    a.dout = static_cast<const T*>(dout.untyped_data());
-    a.q_stride = qs;
-    a.k_stride = ks;
-    a.v_stride = vs;
+    a.dout = {static_cast<const T*>(dout.untyped_data()), g_off.data(), ldg};
     a.lse_stride = ls;
     a.delta_stride = ds;
-    a.dout_stride = gs;
     a.keep = keep_data;
     a.keep_stride = keep_stride;
     a.drop = drop_data;
     a.drop_stride = drop_stride;
     a.drop_scale = drop_scale;
     a.t_perm = t_perm.typed_data();
-    a.dq = static_cast<T*>(dq->untyped_data());
-    a.dk = static_cast<T*>(dk->untyped_data());
-    a.dv_out = static_cast<T*>(dv_out->untyped_data());
-    a.batch = batch;
+    a.dq = {static_cast<T*>(dq->untyped_data()), dq_off.data(), lddq};
+    a.dk = {static_cast<T*>(dk->untyped_data()), dk_off.data(), lddk};
+    a.dv_out = {static_cast<T*>(dv_out->untyped_data()), dv_off.data(), lddv};
+    a.batch = flat_batch;
     a.d = d;
     a.dv = dv;
     if (cpu::AttentionBwdCpu<T>(a, &runner) != 0) {
@@ -295,6 +360,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxsparseAttentionFwdCpu, jaxsparse::AttentionFwdC
                                   .Arg<xla::ffi::Buffer<xla::ffi::S32>>()  // topology (packed)
                                   .Attr<bool>("causal")
                                   .Attr<double>("drop_scale")
+                                  .Attr<int64_t>("rows_dim")
                                   .Ret<xla::ffi::AnyBuffer>()              // out
                                   .Ret<xla::ffi::AnyBuffer>()  // lse
                                   .Attr<xla::ffi::Span<const int64_t>>("segments"));
@@ -313,6 +379,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxsparseAttentionBwdCpu, jaxsparse::AttentionBwdC
                                   .Arg<xla::ffi::Buffer<xla::ffi::S32>>()  // topology (packed)
                                   .Attr<bool>("causal")
                                   .Attr<double>("drop_scale")
+                                  .Attr<int64_t>("rows_dim")
                                   .Ret<xla::ffi::AnyBuffer>()              // dq
                                   .Ret<xla::ffi::AnyBuffer>()              // dk
                                   .Ret<xla::ffi::AnyBuffer>()  // dv

@@ -100,7 +100,7 @@ class ShardingSpec:
 
 
 def register_lowerings(prim, reference, ffi_impl, op: str, spec: ShardingSpec,
-                       platforms=("cpu", "cuda")):
+                       platforms=("cpu", "cuda"), flatten_ffi=True):
   """Lowers `prim` with `reference` by default and `ffi_impl` on the built
   `platforms` (an op without a kernel on a platform uses `reference` there).
 
@@ -108,14 +108,14 @@ def register_lowerings(prim, reference, ffi_impl, op: str, spec: ShardingSpec,
   take dense operands with one leading batch dim (1 or B); the primitive's may
   have several (see `ShardingSpec`): they are flattened around the call. Under
   SPMD partitioning the call is wrapped in `custom_partitioning` (see
-  `jaxsparse._src.sharding`), so each device runs it on its own shard.
+  `jaxsparse._src.sharding`), so each device runs it on its own shard. With
+  `flatten_ffi=False`, `ffi_impl` gets the operands with all their batch dims.
   """
   from jaxsparse._src import sharding
 
   sharding.requires_devices(prim)
-  def lowering(impl):
-    flat = _flattening(impl, spec)
-    return sharding.partitioned_lowering(flat, spec)
+  def lowering(impl, flatten=True):
+    return sharding.partitioned_lowering(_flattening(impl, spec) if flatten else impl, spec)
 
   mlir.register_lowering(prim, lowering(reference))
   for platform in platforms:
@@ -123,8 +123,9 @@ def register_lowerings(prim, reference, ffi_impl, op: str, spec: ShardingSpec,
       target = f"jaxsparse_{op}_{platform}"
       if target not in _registered(platform):
         raise RuntimeError(f"jaxsparse: the {platform} extension lacks the target {target}")
+      fallback = _flattening(reference, spec) if not flatten_ffi else reference
       mlir.register_lowering(
-          prim, lowering(_with_float64_fallback(ffi_impl, reference, platform)),
+          prim, lowering(_with_float64_fallback(ffi_impl, fallback, platform), flatten_ffi),
           platform=platform)
     elif platform == "cuda":
       mlir.register_lowering(prim, _warn_then(lowering(reference), op), platform=platform)

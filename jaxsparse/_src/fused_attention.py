@@ -29,6 +29,7 @@ derivatives of any order work.
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -53,7 +54,7 @@ def _mask_operand(x, nb):
 
 
 def fused_attention(q, k, v, topology: Topology, *, causal: bool = False, keep=None, drop=None,
-                    drop_scale: float = 1.0):
+                    drop_scale: float = 1.0, inner_batch: int = 0):
   """`out[..., i, :] = sum_j softmax_j(q_i . k_j) v_j` over the stored `j` of row `i`.
 
   q `[*batch, m, d]`, k `[*batch, n, d]`, v `[*batch, n, dv]` with the same
@@ -63,11 +64,19 @@ def fused_attention(q, k, v, topology: Topology, *, causal: bool = False, keep=N
   `drop` (same form) is a dropout mask applied after the softmax: kept entries
   are multiplied by `drop_scale`, the others by 0.
   Returns `[*batch, m, dv]`; a row with no key gives zeros.
+
+  `inner_batch` (a layout hint, no change to the math): the last `inner_batch`
+  batch dims (the heads) were moved in front of the rows from a `[..., rows,
+  heads, d]` array, as the attention API does; the CPU kernels then read and
+  write that layout in place, so XLA's transposes around the call cancel.
   """
   nb = q.ndim - 2
+  if not 0 <= inner_batch <= nb:
+    raise ValueError(f"fused_attention: inner_batch must be in [0, {nb}] (the batch dims), "
+                     f"got {inner_batch}")
   out, _ = attention_fwd_p.bind(q, k, v, _mask_operand(keep, nb), _mask_operand(drop, nb),
                                 *topology.arrays, **topology.params, causal=bool(causal),
-                                drop_scale=float(drop_scale))
+                                drop_scale=float(drop_scale), inner_batch=int(inner_batch))
   return out
 
 
@@ -108,7 +117,8 @@ def _check_entry_masks(name, cap, **masks):
                        f"got {x.dtype} {x.shape}")
 
 
-def _fwd_abstract_eval(q, k, v, keep, drop, *topo, shape, transposed, causal, drop_scale):
+def _fwd_abstract_eval(q, k, v, keep, drop, *topo, shape, transposed, causal, drop_scale,
+                       inner_batch=0):
   _check("jaxsparse_attention_fwd", shape, q, k, v)
   cap = Topology(*topo, shape=shape, transposed=transposed).cap
   _check_entry_masks("jaxsparse_attention_fwd", cap, keep=keep, drop=drop)
@@ -126,7 +136,7 @@ def _tangent_abstract_eval(q, k, v, keep, drop, out, lse, tq, tk, tv, *topo, **p
 
 
 def _bwd_abstract_eval(q, k, v, keep, drop, lse, delta, dout, *topo, shape, transposed, causal,
-                       drop_scale):
+                       drop_scale, inner_batch=0):
   _check("jaxsparse_attention_bwd", shape, q, k, v)
   cap = Topology(*topo, shape=shape, transposed=transposed).cap
   _check_entry_masks("jaxsparse_attention_bwd", cap, keep=keep, drop=drop)
@@ -178,7 +188,8 @@ def _probs(q, k, lse, rows_c, valid, t: Topology):
   return jnp.exp(jnp.where(valid, s - lse_e, -jnp.inf))
 
 
-def _fwd_composite(q, k, v, keep, drop, *topo, shape, transposed, causal, drop_scale):
+def _fwd_composite(q, k, v, keep, drop, *topo, shape, transposed, causal, drop_scale,
+                   inner_batch=0):
   m, _ = shape
   acc = common.acc_dtype(q.dtype)
   rows_c, rows, valid = _entries(Topology(*topo, shape=shape, transposed=transposed), causal, keep)
@@ -198,7 +209,7 @@ def _fwd_composite(q, k, v, keep, drop, *topo, shape, transposed, causal, drop_s
 
 
 def _tangent_composite(q, k, v, keep, drop, out, lse, tq, tk, tv, *topo, shape, transposed, causal,
-                       drop_scale):
+                       drop_scale, inner_batch=0):
   del out
   m, _ = shape
   t = Topology(*topo, shape=shape, transposed=transposed)
@@ -218,7 +229,7 @@ def _tangent_composite(q, k, v, keep, drop, out, lse, tq, tk, tv, *topo, shape, 
 
 
 def _bwd_composite(q, k, v, keep, drop, lse, delta, dout, *topo, shape, transposed, causal,
-                   drop_scale):
+                   drop_scale, inner_batch=0):
   t = Topology(*topo, shape=shape, transposed=transposed)
   rows_c, _, valid = _entries(t, causal, keep)
   p = _probs(q, k, lse, rows_c, valid, t)
@@ -243,7 +254,7 @@ def _reference(prim, composite):
   """The composition, or for m == 0 or n == 0 (no entry can exist) zeros, with
   lse = -inf from the forward."""
 
-  def impl(*args, shape, transposed, causal, drop_scale):
+  def impl(*args, shape, transposed, causal, drop_scale, inner_batch=0):
     params = dict(shape=shape, transposed=transposed, causal=causal, drop_scale=drop_scale)
     if shape[0] > 0 and shape[1] > 0:
       return composite(*args, **params)
@@ -255,30 +266,65 @@ def _reference(prim, composite):
 
 
 # -- kernels ------------------------------------------------------------------------
-def _fwd_ffi(q, k, v, keep, drop, *topo, shape, transposed, causal, drop_scale, platform):
-  batch = max(q.shape[0], k.shape[0], v.shape[0], keep.shape[0], drop.shape[0])
+def _flat_batch(x, batch):
+  """`[*batch (or 1s), *core]` as `[prod(batch) or 1, *core]`."""
+  nb = len(batch)
+  if math.prod(x.shape[:nb]) == 1:
+    return x.reshape((1,) + x.shape[nb:])
+  x = jnp.broadcast_to(x, batch + x.shape[nb:])
+  return x.reshape((math.prod(batch),) + x.shape[nb:])
+
+
+def _rows_layout(nb, inner_batch):
+  """The CPU kernels' operands `[*outer, rows, *inner, cols]` (rows at dimension
+  `rows_dim`) to and from the primitives' `[*batch, rows, cols]`: under the
+  attention API these transposes cancel against its own."""
+  rows_dim = nb - inner_batch
+
+  def shape(batch, rows, cols):
+    return batch[:rows_dim] + (rows,) + batch[rows_dim:] + (cols,)
+
+  return (rows_dim, lambda x: jnp.moveaxis(x, -2, rows_dim),
+          lambda x: jnp.moveaxis(x, rows_dim, -2), shape)
+
+
+# The kernels take the operands with all their batch dims (register_lowerings with
+# flatten_ffi=False): q, k, v, dout and the results through _rows_layout, the others
+# flattened to one batch dim.
+def _fwd_ffi(q, k, v, keep, drop, *topo, shape, transposed, causal, drop_scale, inner_batch=0,
+             platform):
+  nb = q.ndim - 2
+  batch = tuple(max(x.shape[i] for x in (q, k, v, keep, drop)) for i in range(nb))
   m = shape[0]
-  outs = (jax.ShapeDtypeStruct((batch, m, v.shape[2]), q.dtype),
-          jax.ShapeDtypeStruct((batch, m), common.acc_dtype(q.dtype)))
+  rows_dim, to, back, rows_shape = _rows_layout(nb, inner_batch)
+  outs = (jax.ShapeDtypeStruct(rows_shape(batch, m, v.shape[-1]), q.dtype),
+          jax.ShapeDtypeStruct((math.prod(batch), m), common.acc_dtype(q.dtype)))
   t = Topology(*topo, shape=shape, transposed=transposed)
-  return jax.ffi.ffi_call(f"jaxsparse_attention_fwd_{platform}", outs)(
-      q, k, v, keep, drop, t.data, causal=bool(causal), drop_scale=np.float64(drop_scale),
+  out, lse = jax.ffi.ffi_call(f"jaxsparse_attention_fwd_{platform}", outs)(
+      to(q), to(k), to(v), _flat_batch(keep, batch), _flat_batch(drop, batch), t.data,
+      causal=bool(causal), drop_scale=np.float64(drop_scale), rows_dim=np.int64(rows_dim),
       segments=t.segments("row_offsets", "column_indices", "row_indices"))
+  return back(out), lse.reshape(batch + (m,))
 
 
 def _bwd_ffi(q, k, v, keep, drop, lse, delta, dout, *topo, shape, transposed, causal, drop_scale,
-             platform):
-  batch = max(x.shape[0] for x in (q, k, v, keep, drop, lse, delta, dout))
+             inner_batch=0, platform):
+  nb = q.ndim - 2
+  batch = tuple(max(x.shape[i] for x in (q, k, v, keep, drop, lse, delta, dout))
+                for i in range(nb))
   m, n = shape
-  outs = (jax.ShapeDtypeStruct((batch, m, q.shape[2]), q.dtype),
-          jax.ShapeDtypeStruct((batch, n, k.shape[2]), q.dtype),
-          jax.ShapeDtypeStruct((batch, n, v.shape[2]), q.dtype))
+  rows_dim, to, back, rows_shape = _rows_layout(nb, inner_batch)
+  outs = (jax.ShapeDtypeStruct(rows_shape(batch, m, q.shape[-1]), q.dtype),
+          jax.ShapeDtypeStruct(rows_shape(batch, n, k.shape[-1]), q.dtype),
+          jax.ShapeDtypeStruct(rows_shape(batch, n, v.shape[-1]), q.dtype))
   t = Topology(*topo, shape=shape, transposed=transposed)
-  return jax.ffi.ffi_call(f"jaxsparse_attention_bwd_{platform}", outs)(
-      q, k, v, keep, drop, lse, delta, dout, t.data, causal=bool(causal),
-      drop_scale=np.float64(drop_scale),
+  dq, dk, dv = jax.ffi.ffi_call(f"jaxsparse_attention_bwd_{platform}", outs)(
+      to(q), to(k), to(v), _flat_batch(keep, batch), _flat_batch(drop, batch),
+      _flat_batch(lse, batch), _flat_batch(delta, batch), to(dout), t.data,
+      causal=bool(causal), drop_scale=np.float64(drop_scale), rows_dim=np.int64(rows_dim),
       segments=t.segments("row_offsets", "column_indices", "row_indices", "t_row_offsets",
                           "t_column_indices", "t_row_indices", "t_perm"))
+  return back(dq), back(dk), back(dv)
 
 
 # -- AD rules -----------------------------------------------------------------------
@@ -304,7 +350,10 @@ def _tangent_transpose(cts, q, k, v, keep, drop, out, lse, tq, tk, tv, *topo, **
   acc = lse.dtype
   # rowsum(ct_out * out) as a contraction: XLA's CPU backend (jax 0.10) runs the
   # reduce-of-multiply form ~40x slower at [8, 4096, 64] (benchmarks/NOTES.md, change 42).
-  delta = jnp.einsum("...d,...d->...", ct_out.astype(acc), out.astype(acc))
+  # With inner_batch, in the layout the kernels wrote (a transposed copy of out otherwise).
+  rows_dim, to, _, _ = _rows_layout(out.ndim - 2, params.get("inner_batch", 0))
+  delta = jnp.moveaxis(jnp.einsum("...d,...d->...", to(ct_out).astype(acc), to(out).astype(acc)),
+                       rows_dim, -1)
   if type(ct_lse) is not ad.Zero:
     delta = delta - ct_lse.astype(acc)
   dq, dk, dv = attention_bwd_p.bind(q, k, v, keep, drop, lse, delta, ct_out.astype(q.dtype),
@@ -369,8 +418,8 @@ batching.primitive_batchers[attention_tangent_p] = _batcher(attention_tangent_p,
 batching.primitive_batchers[attention_bwd_p] = _batcher(attention_bwd_p, 8)
 
 register_lowerings(attention_fwd_p, _reference(attention_fwd_p, _fwd_composite), _fwd_ffi,
-                   "attention_fwd", _FWD_SHARDING, platforms=("cpu",))
+                   "attention_fwd", _FWD_SHARDING, platforms=("cpu",), flatten_ffi=False)
 register_lowerings(attention_tangent_p, _reference(attention_tangent_p, _tangent_composite),
                    None, "attention_tangent", _TANGENT_SHARDING, platforms=())
 register_lowerings(attention_bwd_p, _reference(attention_bwd_p, _bwd_composite), _bwd_ffi,
-                   "attention_bwd", _BWD_SHARDING, platforms=("cpu",))
+                   "attention_bwd", _BWD_SHARDING, platforms=("cpu",), flatten_ffi=False)
