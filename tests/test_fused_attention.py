@@ -536,12 +536,21 @@ def test_band_kernels_not_taken_off_band(rng, monkeypatch):
 # operations: the results must be bitwise equal to inner_batch = 0, forward and
 # backward, on the row kernels (random mask, empty rows, keep mask, dropout), the band
 # kernels (local window) and the wide ones (d = 5), with broadcast batch dims.
-@pytest.mark.parametrize("case", ["random", "band", "wide", "masks", "gqa"])
-def test_inner_batch_layout_is_bitwise_equal(rng, case):
-  m = n = 40
+# "band_long": 19 blocks of rows, so the band backward's contiguous copies of the
+# strided rows (AttnBandWindow) are extended and shifted many times; the band cases
+# run the band backward in one pass and in two.
+@pytest.mark.parametrize("case,passes", [
+    ("random", "1"), ("wide", "1"), ("masks", "1"), ("gqa", "1"),
+    ("band", "1"), ("band", "2"), ("band_long", "1"), ("band_long", "2")])
+def test_inner_batch_layout_is_bitwise_equal(rng, monkeypatch, case, passes):
+  monkeypatch.setenv("JAXSPARSE_CPU_ATTN_BAND_BWD", passes)
+  band = case.startswith("band")
+  if band:
+    _needs_band_kernels()
+  m = n = 300 if case == "band_long" else 75 if case == "band" else 40
   d = dv = 5 if case == "wide" else 16
   heads, kv_heads = (4, 2) if case == "gqa" else (3, 3)
-  topo = (patterns.local(m, 6) if case == "band"
+  topo = (patterns.local(m, 20) if band
           else js.CSR.from_mask(_mask(rng, m, n, 0.3, empty_rows=(2, 9))))
   topo = getattr(topo, "topology", topo)
   q, k, v = _qkv(rng, (2,), m, n, heads, d, dv, np.float32, kv_heads)
@@ -576,3 +585,7 @@ def test_inner_batch_layout_is_bitwise_equal(rng, case):
   for a, b in zip(g1, g0):
     np.testing.assert_array_equal(a, b)
   assert np.abs(np.asarray(out0)).max() > 0
+  if band:  # the band kernels ran: the row kernels sum in another order
+    monkeypatch.setenv("JAXSPARSE_CPU_ATTN_BAND", "0")
+    (_, out_rows), g_rows = f(1)(q, k, v)
+    assert any(not np.array_equal(a, b) for a, b in zip((out1,) + g1, (out_rows,) + g_rows))
