@@ -396,6 +396,36 @@ def test_kernel_rejects_bad_traced_topology(rng):
     jax.block_until_ready(f(bad))
 
 
+def test_kernel_rejects_bad_rows_layout():
+  """The CPU handler's rows_dim checks: operands that do not fit the layout it names
+  give an error naming the operand, not a crash or a wrong read."""
+  if not js.has_kernels("cpu"):
+    pytest.fail("jaxsparse was built without the CPU kernels")
+  t = patterns.local(6, 1).topology
+  none = jnp.zeros((1, 0), jnp.uint8)
+
+  def call(q, k, v, rows_dim, out_shape):
+    outs = (jax.ShapeDtypeStruct(out_shape, jnp.float32),
+            jax.ShapeDtypeStruct((int(np.prod(out_shape[:-1])) // 6, 6), jnp.float32))
+    f = jax.ffi.ffi_call("jaxsparse_attention_fwd_cpu", outs)
+    return jax.block_until_ready(f(
+        q, k, v, none, none, t.data, causal=False, drop_scale=np.float64(1.0),
+        rows_dim=np.int64(rows_dim), segments=t.segments("row_offsets", "column_indices",
+                                                         "row_indices")))
+
+  x = jnp.ones((2, 6, 3, 4), jnp.float32)           # [batch, seq, heads, d]
+  out = call(x, x, x, 1, (2, 6, 3, 4))              # fits: rows at dimension 1
+  np.testing.assert_allclose(out[0], 1.0)
+  with pytest.raises(Exception, match="query has rank 4; expected >= 3 with rows_dim = 3"):
+    call(x, x, x, 3, (2, 6, 3, 4))
+  with pytest.raises(Exception, match="key batch dim 1 is 2; expected 1 or 3"):
+    call(x, jnp.ones((2, 6, 2, 4), jnp.float32), x, 1, (2, 6, 3, 4))
+  with pytest.raises(Exception, match="value rows \\(dimension 1\\) is 5, expected 6"):
+    call(x, x, jnp.ones((2, 5, 3, 4), jnp.float32), 1, (2, 6, 3, 4))
+  with pytest.raises(Exception, match="key has rank 3, query 4"):
+    call(x, jnp.ones((2, 6, 4), jnp.float32), x, 1, (2, 6, 3, 4))
+
+
 def test_other_instruction_sets():
   """The kernels of every instruction set below the best this CPU has (the rest of
   the suite runs that one): AVX2 on an AVX-512 CPU, and the generic ones."""
