@@ -18,6 +18,7 @@
 // [B or 1, ...] as above. rows_dim < rank - 2 reads and writes the attention API's
 // [batch, seq, heads, head_dim] in place (no transposes around the call).
 #include <cstdint>
+#include <initializer_list>
 #include <string>
 #include <utility>
 #include <vector>
@@ -146,6 +147,27 @@ ffi::Error DecodeRows(ffi::Span<const int64_t> dims, int64_t rows_dim, int64_t r
   return ffi::Error::Success();
 }
 
+// The query's rank fits rows_dim (>= 3, rows_dim in [0, rank - 2]) and `others` have
+// the query's rank.
+ffi::Error CheckRowsRanks(
+    const char* op, const ffi::AnyBuffer& q, int64_t rows_dim,
+    std::initializer_list<std::pair<const ffi::AnyBuffer*, const char*>> others) {
+  const int64_t rank = static_cast<int64_t>(q.dimensions().size());
+  if (rank < 3 || rows_dim < 0 || rows_dim > rank - 2) {
+    return InvalidArgument(std::string(op) + ": query has rank " + std::to_string(rank) +
+                           "; expected >= 3 with rows_dim = " + std::to_string(rows_dim) +
+                           " in [0, rank - 2]");
+  }
+  for (const auto& [x, name] : others) {
+    if (x->dimensions().size() != static_cast<size_t>(rank)) {
+      return InvalidArgument(std::string(op) + ": " + name + " has rank " +
+                             std::to_string(x->dimensions().size()) + ", query " +
+                             std::to_string(rank));
+    }
+  }
+  return ffi::Error::Success();
+}
+
 ffi::Error AttentionFwdCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer q, ffi::AnyBuffer k,
                                ffi::AnyBuffer v, ffi::AnyBuffer keep, ffi::AnyBuffer drop,
                                ffi::Buffer<ffi::S32> topology, bool causal, double drop_scale,
@@ -164,19 +186,8 @@ ffi::Error AttentionFwdCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer q, ffi::AnyB
   JAXSPARSE_RETURN_IF_ERROR(CheckSameDtype(v.element_type(), dtype, op, "value"));
   JAXSPARSE_RETURN_IF_ERROR(CheckAccumDtype(lse->element_type(), dtype, op, "lse"));
   const int64_t rank = static_cast<int64_t>(q.dimensions().size());
-  if (rank < 3 || rows_dim < 0 || rows_dim > rank - 2) {
-    return InvalidArgument("attention_fwd: query has rank " + std::to_string(rank) +
-                           "; expected >= 3 with rows_dim = " + std::to_string(rows_dim) +
-                           " in [0, rank - 2]");
-  }
+  JAXSPARSE_RETURN_IF_ERROR(CheckRowsRanks(op, q, rows_dim, {{&k, "key"}, {&v, "value"}}));
   const int64_t last = rank - 1;
-  for (auto [x, name] : {std::pair{&k, "key"}, std::pair{&v, "value"}}) {
-    if (x->dimensions().size() != static_cast<size_t>(rank)) {
-      return InvalidArgument(std::string("attention_fwd: ") + name + " has rank " +
-                             std::to_string(x->dimensions().size()) + ", query " +
-                             std::to_string(rank));
-    }
-  }
   const int64_t n = k.dimensions()[rows_dim];
   cpu::AttnTopology topo;
   JAXSPARSE_RETURN_IF_ERROR(
@@ -254,19 +265,9 @@ ffi::Error AttentionBwdCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer q, ffi::AnyB
   JAXSPARSE_RETURN_IF_ERROR(CheckAccumDtype(lse.element_type(), dtype, op, "lse"));
   JAXSPARSE_RETURN_IF_ERROR(CheckAccumDtype(delta.element_type(), dtype, op, "delta"));
   const int64_t rank = static_cast<int64_t>(q.dimensions().size());
-  if (rank < 3 || rows_dim < 0 || rows_dim > rank - 2) {
-    return InvalidArgument("attention_bwd: query has rank " + std::to_string(rank) +
-                           "; expected >= 3 with rows_dim = " + std::to_string(rows_dim) +
-                           " in [0, rank - 2]");
-  }
+  JAXSPARSE_RETURN_IF_ERROR(
+      CheckRowsRanks(op, q, rows_dim, {{&k, "key"}, {&v, "value"}, {&dout, "dout"}}));
   const int64_t last = rank - 1;
-  for (auto [x, name] : {std::pair{&k, "key"}, std::pair{&v, "value"}, std::pair{&dout, "dout"}}) {
-    if (x->dimensions().size() != static_cast<size_t>(rank)) {
-      return InvalidArgument(std::string("attention_bwd: ") + name + " has rank " +
-                             std::to_string(x->dimensions().size()) + ", query " +
-                             std::to_string(rank));
-    }
-  }
   const int64_t m = q.dimensions()[rows_dim];
   const int64_t n = k.dimensions()[rows_dim];
   cpu::AttnTopology topo, t_topo;
