@@ -17,6 +17,10 @@ dim 1 or one common size) and the 8 topology arrays:
   reading stored probabilities. So `grad` keeps only `q, k, v, out, lse` as
   residuals: memory O(rows x head dim), never O(nnz).
 
+Each also takes the param `inner_batch`, a layout hint that changes no value: the
+last `inner_batch` batch dims (the heads) came from `[..., rows, heads, dim]`, and
+the CPU kernels read and write that layout in place (benchmarks/NOTES.md, change 43).
+
 On the CPU the forward and the backward are C++ kernels
 (csrc/attention/). Everywhere else (CUDA, float64 on CUDA, or
 `JAXSPARSE_DISABLE_FFI=1`) they lower to the same math written with the
