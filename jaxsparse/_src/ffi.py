@@ -131,6 +131,17 @@ def register_lowerings(prim, reference, ffi_impl, op: str, spec: ShardingSpec,
       mlir.register_lowering(prim, _warn_then(lowering(reference), op), platform=platform)
 
 
+def flat_batch(x, batch):
+  """`[*batch (or 1s), *core]` as `[prod(batch) or 1, *core]` (1 when every batch dim
+  of x is 1; otherwise broadcast to `batch` first)."""
+  nb = len(batch)
+  if math.prod(x.shape[:nb]) == 1:
+    return x.reshape((1,) + x.shape[nb:])
+  if x.shape[:nb] != batch:
+    x = jnp.broadcast_to(x, batch + x.shape[nb:])
+  return x.reshape((math.prod(batch),) + x.shape[nb:])
+
+
 def _flattening(impl, spec: ShardingSpec):
   """`impl` on operands with several batch dims: flattened to one, then unflattened."""
 
@@ -141,18 +152,7 @@ def _flattening(impl, spec: ShardingSpec):
     if nb == 1:
       return impl(*args, **params)
     batch = tuple(max(x.shape[i] for x in dense) for i in range(nb))
-    size = math.prod(batch)
-    flat_dense = []
-    for x, core in zip(dense, spec.core):
-      xb, xc = x.shape[:nb], x.shape[nb:]
-      if math.prod(xb) == 1:
-        x = x.reshape((1,) + xc)
-      else:
-        if xb != batch:
-          x = jnp.broadcast_to(x, batch + xc)
-        x = x.reshape((size,) + xc)
-      flat_dense.append(x)
-    out = impl(*flat_dense, *topo, **params)
+    out = impl(*(flat_batch(x, batch) for x in dense), *topo, **params)
     if spec.multiple_results:
       return tuple(o.reshape(batch + o.shape[1:]) for o in out)
     return out.reshape(batch + out.shape[1:])

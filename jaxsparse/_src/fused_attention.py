@@ -43,7 +43,7 @@ from jax.interpreters import ad, batching
 
 from jaxsparse._src import common
 from jaxsparse._src.csr import Topology, row_ids
-from jaxsparse._src.ffi import ShardingSpec, register_lowerings
+from jaxsparse._src.ffi import ShardingSpec, flat_batch, register_lowerings
 from jaxsparse._src.sddmm import sddmm_p
 from jaxsparse._src.spmm import spmm_p
 from jaxsparse._src.transpose import permute_p
@@ -270,15 +270,6 @@ def _reference(prim, composite):
 
 
 # -- kernels ------------------------------------------------------------------------
-def _flat_batch(x, batch):
-  """`[*batch (or 1s), *core]` as `[prod(batch) or 1, *core]`."""
-  nb = len(batch)
-  if math.prod(x.shape[:nb]) == 1:
-    return x.reshape((1,) + x.shape[nb:])
-  x = jnp.broadcast_to(x, batch + x.shape[nb:])
-  return x.reshape((math.prod(batch),) + x.shape[nb:])
-
-
 def _rows_layout(nb, inner_batch):
   """The CPU kernels' operands `[*outer, rows, *inner, cols]` (rows at dimension
   `rows_dim`) to and from the primitives' `[*batch, rows, cols]`: under the
@@ -305,7 +296,7 @@ def _fwd_ffi(q, k, v, keep, drop, *topo, shape, transposed, causal, drop_scale, 
           jax.ShapeDtypeStruct((math.prod(batch), m), common.acc_dtype(q.dtype)))
   t = Topology(*topo, shape=shape, transposed=transposed)
   out, lse = jax.ffi.ffi_call(f"jaxsparse_attention_fwd_{platform}", outs)(
-      to(q), to(k), to(v), _flat_batch(keep, batch), _flat_batch(drop, batch), t.data,
+      to(q), to(k), to(v), flat_batch(keep, batch), flat_batch(drop, batch), t.data,
       causal=bool(causal), drop_scale=np.float64(drop_scale), rows_dim=np.int64(rows_dim),
       segments=t.segments("row_offsets", "column_indices", "row_indices"))
   return back(out), lse.reshape(batch + (m,))
@@ -323,8 +314,8 @@ def _bwd_ffi(q, k, v, keep, drop, lse, delta, dout, *topo, shape, transposed, ca
           jax.ShapeDtypeStruct(rows_shape(batch, n, v.shape[-1]), q.dtype))
   t = Topology(*topo, shape=shape, transposed=transposed)
   dq, dk, dv = jax.ffi.ffi_call(f"jaxsparse_attention_bwd_{platform}", outs)(
-      to(q), to(k), to(v), _flat_batch(keep, batch), _flat_batch(drop, batch),
-      _flat_batch(lse, batch), _flat_batch(delta, batch), to(dout), t.data,
+      to(q), to(k), to(v), flat_batch(keep, batch), flat_batch(drop, batch),
+      flat_batch(lse, batch), flat_batch(delta, batch), to(dout), t.data,
       causal=bool(causal), drop_scale=np.float64(drop_scale), rows_dim=np.int64(rows_dim),
       segments=t.segments("row_offsets", "column_indices", "row_indices", "t_row_offsets",
                           "t_column_indices", "t_row_indices", "t_perm"))
