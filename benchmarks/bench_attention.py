@@ -1,6 +1,7 @@
 """CPU benchmark of sparse (local-window) attention against dense masked attention.
 
-jaxsparse.sparse_dot_product_attention(q, k, v, patterns.local(T, window)) (its
+jaxsparse.sparse_dot_product_attention(q, k, v, patterns.local(T, window)) (or the
+--pattern: local + strided, Longformer, BigBird; then there is no dense_window) (its
 default, the fused implementation; jaxsparse_unfused is implementation="unfused":
 sddmm -> sparse_softmax -> spmm) against
   dense_mask    jax.nn.dot_product_attention(q, k, v, mask=M) with M the same
@@ -60,6 +61,20 @@ def main(argv=None):
   ap.add_argument("--window", type=int, default=256)
   ap.add_argument("--batch", type=int, default=1)
   ap.add_argument("--causal", action="store_true", help="causal local window")
+  ap.add_argument("--pattern", default="local",
+                  choices=["local", "local+strided", "longformer", "bigbird"],
+                  help="local: |i - j| <= window; local+strided: the causal window plus "
+                       "every --stride-th key before it (Child et al. 2019, the example's "
+                       "pattern); longformer: the window plus --global tokens; bigbird: "
+                       "blocks of --block, 3 window blocks, --random random and --global "
+                       "global blocks. All but local run the fused kernels on a band part "
+                       "and the rest (the band split).")
+  ap.add_argument("--stride", type=int, default=None, help="local+strided (default: window)")
+  ap.add_argument("--global", dest="global_", type=int, default=None,
+                  help="longformer: global tokens (default 16); bigbird: global blocks "
+                       "(default 2)")
+  ap.add_argument("--block", type=int, default=64, help="bigbird block")
+  ap.add_argument("--random", type=int, default=3, help="bigbird random blocks per row")
   ap.add_argument("--repeats", type=int, default=3)
   ap.add_argument("--min-time", type=float, default=0.2)
   ap.add_argument("--min-calls", type=int, default=1)
@@ -70,19 +85,36 @@ def main(argv=None):
   rng = np.random.default_rng(0)
   q, k, v, g = (jnp.asarray(rng.standard_normal((B, T, H, D)).astype(np.float32))
                 for _ in range(4))
-  topo = js.patterns.local(T, W, causal=args.causal).topology
-  i = np.arange(T)
-  mask_np = np.abs(i[:, None] - i[None, :]) <= W
-  if args.causal:
-    mask_np &= i[:, None] >= i[None, :]
+  pt = js.patterns
+  local = args.pattern == "local"
+  if local:
+    csr = pt.local(T, W, causal=args.causal)
+    desc = f"window={W}{', causal' if args.causal else ''}"
+  elif args.pattern == "local+strided":
+    stride = args.stride or W
+    csr = pt.union(pt.local(T, W, causal=True), pt.strided(T, stride, causal=True))
+    desc = f"local+strided, causal, window={W}, stride={stride}"
+  elif args.pattern == "longformer":
+    glob = 16 if args.global_ is None else args.global_
+    csr = pt.longformer(T, W, glob)
+    desc = f"longformer, window={W}, {glob} global tokens"
+  else:
+    glob = 2 if args.global_ is None else args.global_
+    csr = pt.bigbird(T, args.block, args.random, glob)
+    desc = f"bigbird, block={args.block}, {args.random} random, {glob} global blocks"
+  topo = csr.topology
+  mask_np = np.asarray(csr.todense() != 0)
   mask = jnp.asarray(mask_np)
   nnz = int(mask_np.sum())
   window_arg = (W, 0) if args.causal else (W, W)
 
-  def f_js(q, k, v, topo):
+  # jaxsparse closes over the topology, as a model does (a Flax module holds it): a
+  # concrete topology can take the band split (a traced one cannot). The dense peers
+  # get the mask as an argument, so XLA cannot fold a [T, T] constant into them.
+  def f_js(q, k, v, _unused):
     return js.sparse_dot_product_attention(q, k, v, topo)  # the default: fused
 
-  def f_js_unfused(q, k, v, topo):
+  def f_js_unfused(q, k, v, _unused):
     return js.sparse_dot_product_attention(q, k, v, topo, implementation="unfused")
 
   def f_mask(q, k, v, mask):
@@ -92,9 +124,11 @@ def main(argv=None):
     return jax.nn.dot_product_attention(q, k, v, local_window_size=window_arg,
                                         is_causal=args.causal, implementation="xla")
 
-  methods = {"jaxsparse": (f_js, topo), "jaxsparse_unfused": (f_js_unfused, topo),
-             "dense_mask": (f_mask, mask),
-             "dense_window": (f_window, jnp.zeros((), jnp.float32))}
+  none = jnp.zeros((), jnp.float32)
+  methods = {"jaxsparse": (f_js, none), "jaxsparse_unfused": (f_js_unfused, none),
+             "dense_mask": (f_mask, mask)}
+  if local:  # XLA builds the window mask itself
+    methods["dense_window"] = (f_window, none)
 
   def fwdbwd(f):
     def loss(q, k, v, extra):
@@ -106,9 +140,9 @@ def main(argv=None):
   ref_g = jax.jit(fwdbwd(f_mask))(q, k, v, mask)
   err_fwd = err_bwd = 0.0
   for f in (f_js, f_js_unfused):
-    out_o = np.asarray(jax.jit(f)(q, k, v, topo))
+    out_o = np.asarray(jax.jit(f)(q, k, v, none))
     err_fwd = max(err_fwd, float(np.abs(out_o - ref_o).max()))
-    out_g = jax.jit(fwdbwd(f))(q, k, v, topo)
+    out_g = jax.jit(fwdbwd(f))(q, k, v, none)
     err_bwd = max(err_bwd, max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
                                for a, b in zip(out_g, ref_g)))
   print(f"# max |jaxsparse - dense_mask| (fused and unfused): forward {err_fwd:.2e}, grads "
@@ -130,31 +164,40 @@ def main(argv=None):
       jax.clear_caches()
     fl = flops_fwd * (1 if mode == "forward" else 3)
     row["useful_gflops"] = {m: fl / (t * 1e6) for m, t in row["times_ms"].items()}
-    for p in ("jaxsparse_unfused", "dense_mask", "dense_window"):
+    for p in [m for m in methods if m != "jaxsparse"]:
       row["ratio"][p] = row["times_ms"][p] / row["times_ms"]["jaxsparse"]
       pk, js_pk = row["memory"][p].get("peak"), row["memory"]["jaxsparse"].get("peak")
       row["mem_ratio"][p] = pk / js_pk if pk and js_pk else None
     rows.append(row)
 
+  from jaxsparse._src.band_split import band_split
+  from jaxsparse._src.fused_attention import _band_lanes
+  split, _ = band_split(topo, np.float32, _band_lanes())
+  split_info = None if split is None else dict(
+      band_nnz=split.band_nnz, rest_nnz=split.rest_nnz,
+      note="the fused path ran the band split (the band on the band kernels)")
   import jaxlib
   meta = dict(date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
               jax=jax.__version__, jaxlib=jaxlib.__version__, jaxsparse=js.__version__,
               python=platform.python_version(), cpu=C.cpu_model(),
               isa=js.cpu_instruction_set(), nproc=os.cpu_count(),
               kernels=js.has_kernels("cpu"), T=T, heads=H, head_dim=D, window=W, batch=B,
-              causal=args.causal, nnz=nnz, density=nnz / (T * T), dtype="float32",
+              causal=args.causal if local else args.pattern == "local+strided", pattern=desc,
+              band_split=split_info, nnz=nnz, density=nnz / (T * T), dtype="float32",
               repeats=args.repeats, min_time_s=args.min_time,
               err_forward=err_fwd, err_grads=err_bwd,
               peak_memory="compiled memory_analysis(): temp + argument + output bytes",
               ratio="peer / jaxsparse (> 1: jaxsparse faster / smaller)",
               command=" ".join([sys.executable] + sys.argv))
-  lines = [f"## Attention on CPU: T={T}, heads={H}, head_dim={D}, window={W}, batch={B}"
-           f"{', causal' if args.causal else ''} (density {nnz / (T * T):.3f})", "",
+  lines = [f"## Attention on CPU: T={T}, heads={H}, head_dim={D}, {desc}, batch={B} "
+           f"(density {nnz / (T * T):.3f})", "",
            f"{meta['cpu']} ({meta['isa']} kernels), "
            f"{meta['nproc']} cores; jax {jax.__version__}; times: median ms; "
            "peak: compiled temp+args+outputs, MiB; x = method / jaxsparse (fused, the "
            "default).", "",
            "| mode | method | ms | time x | peak MiB | memory x |", "|---|---|---|---|---|---|"]
+  if split_info:
+    lines[2:2] = [f"Band split: {split.band_nnz} band entries, {split.rest_nnz} others.", ""]
   for r in rows:
     for name in methods:
       t = r["times_ms"][name]

@@ -226,6 +226,22 @@ def attention_grad_heads_sharded():
   return run(f, (q, k, v), (spec,) * 3, (spec,) * 3, m)
 
 
+# A causal window of 40 plus every 12th key: the fused path runs the band split (two
+# kernel calls per pass, band_split.py) on each device's shard.
+SPLIT_TOPO = js.patterns.union(js.patterns.local(96, 40, causal=True),
+                               js.patterns.strided(96, 12, causal=True)).topology
+
+
+@check
+def attention_band_split_data_and_heads_sharded():
+  q, k, v = (_f32(4, 96, 4, 16) for _ in range(3))
+  m = mesh((4, 2), ("data", "model"))
+  spec = P("data", None, "model", None)
+  f = jax.grad(lambda q, k, v: jnp.sum(jnp.sin(js.sparse_dot_product_attention(
+      q, k, v, SPLIT_TOPO))), argnums=(0, 1, 2))
+  return run(f, (q, k, v), (spec,) * 3, (spec,) * 3, m)
+
+
 @check
 def attention_unfused_data_and_heads_sharded():
   # The checks above run the default (fused) attention; the unfused path too.

@@ -52,6 +52,7 @@ EXPECTED = {
     "attention_grad_data_parallel": [],
     "attention_grad_heads_sharded": [],
     # The same with implementation="unfused" (the checks above run the fused default).
+    "attention_band_split_data_and_heads_sharded": [],
     "attention_unfused_data_and_heads_sharded": [],
     "attention_unfused_grad_heads_sharded": [],
     # Gradient w.r.t. replicated (shared) sparse values under data parallel:

@@ -65,6 +65,7 @@ struct AttnFwdArgs {
   AttnRows<T> out;
   Accum<T>* lse = nullptr;     // [batch, m]
   int64_t batch = 0;
+  int64_t batch_inner = 1;     // the row kernels' item order (AttnItemAt)
   int64_t d = 0;
   int64_t dv = 0;
 };
@@ -86,9 +87,23 @@ struct AttnBwdArgs {
   int64_t lse_stride = 0, delta_stride = 0;  // batch strides: 0 or one entry
   AttnRows<T> dq, dk, dv_out;  // [m, d], [n, d], [n, dv] per batch entry
   int64_t batch = 0;
+  int64_t batch_inner = 1;     // the row kernels' item order (AttnItemAt)
   int64_t d = 0;
   int64_t dv = 0;
 };
+
+// Item `item` of the row kernels' (batch entry, row position) space over m row
+// positions. The flat batch entries are [outer, inner] with `inner` of them
+// interleaving their rows (the heads of the API's [batch, seq, heads, d]): items run
+// over outer entries, then row positions, then inner entries, so that consecutive
+// items read neighbouring rows (NOTES change 45). inner = 1: batch entry, then row.
+inline void AttnItemAt(int64_t item, int64_t m, int64_t inner, int64_t* bb, int64_t* pos) {
+  const int64_t per = m * inner;
+  const int64_t outer = item / per;
+  const int64_t rest = item - outer * per;
+  *pos = rest / inner;
+  *bb = outer * inner + (rest - *pos * inner);
+}
 
 // T is float, double, Half or BFloat16. Return 0.
 template <typename T>

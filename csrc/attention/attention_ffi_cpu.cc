@@ -147,6 +147,14 @@ ffi::Error DecodeRows(ffi::Span<const int64_t> dims, int64_t rows_dim, int64_t r
   return ffi::Error::Success();
 }
 
+// How many flat batch entries interleave their rows: the batch dims after the rows
+// (the heads of [batch, seq, heads, d]), 1 for none.
+int64_t InnerBatch(const std::vector<int64_t>& batch, int64_t rows_dim) {
+  int64_t inner = 1;
+  for (size_t i = static_cast<size_t>(rows_dim); i < batch.size(); ++i) inner *= batch[i];
+  return inner;
+}
+
 // The query's rank fits rows_dim (>= 3, rows_dim in [0, rank - 2]) and `others` have
 // the query's rank.
 ffi::Error CheckRowsRanks(
@@ -227,6 +235,8 @@ ffi::Error AttentionFwdCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer q, ffi::AnyB
     a.out = {static_cast<T*>(out->untyped_data()), out_off.data(), ldo};
     a.lse = static_cast<cpu::Accum<T>*>(lse->untyped_data());
     a.batch = flat_batch;
+    a.batch_inner = InnerBatch(batch, rows_dim);
+    if (const char* e = std::getenv("JAXSPARSE_CPU_ATTN_ORDER"); e && e[0] == '0') a.batch_inner = 1;
     a.d = d;
     a.dv = dv;
     if (cpu::AttentionFwdCpu<T>(a, &runner) != 0) {
@@ -338,6 +348,8 @@ ffi::Error AttentionBwdCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer q, ffi::AnyB
     a.dk = {static_cast<T*>(dk->untyped_data()), dk_off.data(), lddk};
     a.dv_out = {static_cast<T*>(dv_out->untyped_data()), dv_off.data(), lddv};
     a.batch = flat_batch;
+    a.batch_inner = InnerBatch(batch, rows_dim);
+    if (const char* e = std::getenv("JAXSPARSE_CPU_ATTN_ORDER"); e && e[0] == '0') a.batch_inner = 1;
     a.d = d;
     a.dv = dv;
     if (cpu::AttentionBwdCpu<T>(a, &runner) != 0) {

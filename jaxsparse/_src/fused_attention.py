@@ -20,6 +20,10 @@ dim 1 or one common size) and the 8 topology arrays:
 Each also takes the param `inner_batch`, a layout hint that changes no value: the
 last `inner_batch` batch dims (the heads) came from `[..., rows, heads, dim]`, and
 the CPU kernels read and write that layout in place (benchmarks/NOTES.md, change 43).
+And the param `split`: None, or a `BandSplit` (band_split.py): then the topology
+operand is the whole topology's data followed by a band part and the rest, on which
+the CPU kernels run apart (the band on the band kernels), combined in the lowering;
+every other rule reads the whole topology. It changes no value beyond rounding.
 
 On the CPU the forward and the backward are C++ kernels
 (csrc/attention/). Everywhere else (CUDA, float64 on CUDA, or
@@ -43,7 +47,8 @@ from jax.interpreters import ad, batching
 
 from jaxsparse._src import common
 from jaxsparse._src.csr import Topology, row_ids
-from jaxsparse._src.ffi import ShardingSpec, flat_batch, register_lowerings
+from jaxsparse._src.band_split import band_split
+from jaxsparse._src.ffi import ShardingSpec, cpu_instruction_set, flat_batch, register_lowerings
 from jaxsparse._src.sddmm import sddmm_p
 from jaxsparse._src.spmm import spmm_p
 from jaxsparse._src.transpose import permute_p
@@ -78,10 +83,18 @@ def fused_attention(q, k, v, topology: Topology, *, causal: bool = False, keep=N
   if not 0 <= inner_batch <= nb:
     raise ValueError(f"fused_attention: inner_batch must be in [0, {nb}] (the batch dims), "
                      f"got {inner_batch}")
+  split, data = band_split(topology, q.dtype, _band_lanes())
   out, _ = attention_fwd_p.bind(q, k, v, _mask_operand(keep, nb), _mask_operand(drop, nb),
-                                *topology.arrays, **topology.params, causal=bool(causal),
-                                drop_scale=float(drop_scale), inner_batch=int(inner_batch))
+                                *(topology.arrays if split is None else (data,)),
+                                **topology.params, causal=bool(causal),
+                                drop_scale=float(drop_scale), inner_batch=int(inner_batch),
+                                split=split)
   return out
+
+
+def _band_lanes() -> int:
+  """The CPU band kernels' block height (0: none in this process)."""
+  return {"avx512": 16, "avx2": 8}.get(cpu_instruction_set(), 0)
 
 
 # -- primitives -------------------------------------------------------------------
@@ -103,6 +116,17 @@ _BWD_SHARDING = ShardingSpec(core=_QKV + [("m",), ("m",), ("m", "dv")],
                              out_core=[("m", "d"), ("n", "d"), ("n", "dv")], num_topology=NT)
 
 
+def _whole(topo, split):
+  """The topology operands of the whole topology: with a split, the head of the
+  extended operand (band_split.py)."""
+  return topo if split is None else (split.take(topo[0], "whole"),)
+
+
+def _cap(topo, shape, transposed, split):
+  return split.cap() if split is not None else Topology(*topo, shape=shape,
+                                                        transposed=transposed).cap
+
+
 # -- abstract eval ----------------------------------------------------------------
 def _check(name, shape, q, k, v):
   m, n = shape
@@ -122,9 +146,9 @@ def _check_entry_masks(name, cap, **masks):
 
 
 def _fwd_abstract_eval(q, k, v, keep, drop, *topo, shape, transposed, causal, drop_scale,
-                       inner_batch=0):
+                       inner_batch=0, split=None):
   _check("jaxsparse_attention_fwd", shape, q, k, v)
-  cap = Topology(*topo, shape=shape, transposed=transposed).cap
+  cap = _cap(topo, shape, transposed, split)
   _check_entry_masks("jaxsparse_attention_fwd", cap, keep=keep, drop=drop)
   batch = common.batch_shape(q, k, v, keep, drop, core_ndims=(2, 2, 2, 1, 1))
   m = shape[0]
@@ -140,9 +164,9 @@ def _tangent_abstract_eval(q, k, v, keep, drop, out, lse, tq, tk, tv, *topo, **p
 
 
 def _bwd_abstract_eval(q, k, v, keep, drop, lse, delta, dout, *topo, shape, transposed, causal,
-                       drop_scale, inner_batch=0):
+                       drop_scale, inner_batch=0, split=None):
   _check("jaxsparse_attention_bwd", shape, q, k, v)
-  cap = Topology(*topo, shape=shape, transposed=transposed).cap
+  cap = _cap(topo, shape, transposed, split)
   _check_entry_masks("jaxsparse_attention_bwd", cap, keep=keep, drop=drop)
   batch = common.batch_shape(q, k, v, keep, drop, lse, delta, dout,
                              core_ndims=(2, 2, 2, 1, 1, 1, 1, 2))
@@ -193,7 +217,8 @@ def _probs(q, k, lse, rows_c, valid, t: Topology):
 
 
 def _fwd_composite(q, k, v, keep, drop, *topo, shape, transposed, causal, drop_scale,
-                   inner_batch=0):
+                   inner_batch=0, split=None):
+  topo = _whole(topo, split)
   m, _ = shape
   acc = common.acc_dtype(q.dtype)
   rows_c, rows, valid = _entries(Topology(*topo, shape=shape, transposed=transposed), causal, keep)
@@ -213,8 +238,9 @@ def _fwd_composite(q, k, v, keep, drop, *topo, shape, transposed, causal, drop_s
 
 
 def _tangent_composite(q, k, v, keep, drop, out, lse, tq, tk, tv, *topo, shape, transposed, causal,
-                       drop_scale, inner_batch=0):
+                       drop_scale, inner_batch=0, split=None):
   del out
+  topo = _whole(topo, split)
   m, _ = shape
   t = Topology(*topo, shape=shape, transposed=transposed)
   rows_c, rows, valid = _entries(t, causal, keep)
@@ -233,7 +259,8 @@ def _tangent_composite(q, k, v, keep, drop, out, lse, tq, tk, tv, *topo, shape, 
 
 
 def _bwd_composite(q, k, v, keep, drop, lse, delta, dout, *topo, shape, transposed, causal,
-                   drop_scale, inner_batch=0):
+                   drop_scale, inner_batch=0, split=None):
+  topo = _whole(topo, split)
   t = Topology(*topo, shape=shape, transposed=transposed)
   rows_c, _, valid = _entries(t, causal, keep)
   p = _probs(q, k, lse, rows_c, valid, t)
@@ -258,8 +285,9 @@ def _reference(prim, composite):
   """The composition, or for m == 0 or n == 0 (no entry can exist) zeros, with
   lse = -inf from the forward."""
 
-  def impl(*args, shape, transposed, causal, drop_scale, inner_batch=0):
-    params = dict(shape=shape, transposed=transposed, causal=causal, drop_scale=drop_scale)
+  def impl(*args, shape, transposed, causal, drop_scale, inner_batch=0, split=None):
+    params = dict(shape=shape, transposed=transposed, causal=causal, drop_scale=drop_scale,
+                  split=split)
     if shape[0] > 0 and shape[1] > 0:
       return composite(*args, **params)
     outs = jax.eval_shape(functools.partial(prim.bind, **params), *args)
@@ -285,25 +313,61 @@ def _rows_layout(nb, inner_batch):
 
 # The kernels take the operands with all their batch dims (register_lowerings with
 # flatten_ffi=False): q, k, v, dout and the results through _rows_layout, the others
-# flattened to one batch dim.
+# flattened to one batch dim. With a `split` (band_split.py) each kernel runs twice,
+# on the band and on the rest, and the two are combined here.
+def _entry_masks(keep, drop, batch, pos=None):
+  """keep and drop flattened to one batch dim, at the entries `pos` of a split part
+  (all of them for None)."""
+  def one(x):
+    x = flat_batch(x, batch)
+    return x if pos is None or not x.shape[-1] else jnp.take(x, pos, axis=-1)
+  return one(keep), one(drop)
+
+
 def _fwd_ffi(q, k, v, keep, drop, *topo, shape, transposed, causal, drop_scale, inner_batch=0,
-             platform):
+             split=None, platform):
   nb = q.ndim - 2
   batch = tuple(max(x.shape[i] for x in (q, k, v, keep, drop)) for i in range(nb))
   m = shape[0]
   rows_dim, to, back, rows_shape = _rows_layout(nb, inner_batch)
   outs = (jax.ShapeDtypeStruct(rows_shape(batch, m, v.shape[-1]), q.dtype),
           jax.ShapeDtypeStruct((math.prod(batch), m), common.acc_dtype(q.dtype)))
-  t = Topology(*topo, shape=shape, transposed=transposed)
-  out, lse = jax.ffi.ffi_call(f"jaxsparse_attention_fwd_{platform}", outs)(
-      to(q), to(k), to(v), flat_batch(keep, batch), flat_batch(drop, batch), t.data,
-      causal=bool(causal), drop_scale=np.float64(drop_scale), rows_dim=np.int64(rows_dim),
-      segments=t.segments("row_offsets", "column_indices", "row_indices"))
-  return back(out), lse.reshape(batch + (m,))
+
+  names = ("row_offsets", "column_indices", "row_indices")
+
+  def call(masks, segments):  # out in the kernels' layout, lse [prod(batch), m]
+    return jax.ffi.ffi_call(f"jaxsparse_attention_fwd_{platform}", outs)(
+        to(q), to(k), to(v), *masks, topo[0],
+        causal=bool(causal), drop_scale=np.float64(drop_scale), rows_dim=np.int64(rows_dim),
+        segments=segments)
+
+  if split is None:
+    t = Topology(*topo, shape=shape, transposed=transposed)
+    out, lse = call(_entry_masks(keep, drop, batch), t.segments(*names))
+    return back(out), lse.reshape(batch + (m,))
+  (out1, lse1), (out2, lse2) = (
+      call(_entry_masks(keep, drop, batch, split.take(topo[0], part + "_pos")),
+           split.segments(part, *names)) for part in ("band", "rest"))
+  # lse = logaddexp(lse1, lse2) and the weights exp(lse_i - lse); -inf for a row
+  # with no entry in either part (then both weights are 0).
+  mx = jnp.maximum(lse1, lse2)
+  mx = jnp.where(jnp.isfinite(mx), mx, 0)
+  e1, e2 = jnp.exp(lse1 - mx), jnp.exp(lse2 - mx)
+  total = e1 + e2
+  safe = jnp.where(total > 0, total, 1)
+  lse = jnp.where(total > 0, mx + jnp.log(safe), -jnp.inf)
+
+  def weight(e):  # [prod(batch), m] -> broadcastable against out in the kernels' layout
+    w = (e / safe).reshape(batch + (m,))
+    return jnp.moveaxis(w, -1, rows_dim)[..., None]
+
+  acc = lse.dtype
+  out = out1.astype(acc) * weight(e1) + out2.astype(acc) * weight(e2)
+  return back(out.astype(q.dtype)), lse.reshape(batch + (m,))
 
 
 def _bwd_ffi(q, k, v, keep, drop, lse, delta, dout, *topo, shape, transposed, causal, drop_scale,
-             inner_batch=0, platform):
+             inner_batch=0, split=None, platform):
   nb = q.ndim - 2
   batch = tuple(max(x.shape[i] for x in (q, k, v, keep, drop, lse, delta, dout))
                 for i in range(nb))
@@ -312,14 +376,27 @@ def _bwd_ffi(q, k, v, keep, drop, lse, delta, dout, *topo, shape, transposed, ca
   outs = (jax.ShapeDtypeStruct(rows_shape(batch, m, q.shape[-1]), q.dtype),
           jax.ShapeDtypeStruct(rows_shape(batch, n, k.shape[-1]), q.dtype),
           jax.ShapeDtypeStruct(rows_shape(batch, n, v.shape[-1]), q.dtype))
-  t = Topology(*topo, shape=shape, transposed=transposed)
-  dq, dk, dv = jax.ffi.ffi_call(f"jaxsparse_attention_bwd_{platform}", outs)(
-      to(q), to(k), to(v), flat_batch(keep, batch), flat_batch(drop, batch),
-      flat_batch(lse, batch), flat_batch(delta, batch), to(dout), t.data,
-      causal=bool(causal), drop_scale=np.float64(drop_scale), rows_dim=np.int64(rows_dim),
-      segments=t.segments("row_offsets", "column_indices", "row_indices", "t_row_offsets",
-                          "t_column_indices", "t_row_indices", "t_perm"))
-  return back(dq), back(dk), back(dv)
+
+  names = ("row_offsets", "column_indices", "row_indices", "t_row_offsets",
+           "t_column_indices", "t_row_indices", "t_perm")
+
+  def call(masks, segments):
+    return jax.ffi.ffi_call(f"jaxsparse_attention_bwd_{platform}", outs)(
+        to(q), to(k), to(v), *masks, flat_batch(lse, batch), flat_batch(delta, batch),
+        to(dout), topo[0],
+        causal=bool(causal), drop_scale=np.float64(drop_scale), rows_dim=np.int64(rows_dim),
+        segments=segments)
+
+  if split is None:
+    t = Topology(*topo, shape=shape, transposed=transposed)
+    grads = call(_entry_masks(keep, drop, batch), t.segments(*names))
+  else:
+    # The whole topology's lse and delta: each entry's terms are the same in either
+    # part, so the gradients are the sums of the parts'.
+    band, rest = (call(_entry_masks(keep, drop, batch, split.take(topo[0], part + "_pos")),
+                       split.segments(part, *names)) for part in ("band", "rest"))
+    grads = [a + b for a, b in zip(band, rest)]
+  return tuple(back(g) for g in grads)
 
 
 # -- AD rules -----------------------------------------------------------------------
