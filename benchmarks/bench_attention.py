@@ -152,12 +152,12 @@ def main(argv=None):
   if err_fwd > 1e-3 or err_bwd > 1e-3:
     raise SystemExit("bench_attention: jaxsparse differs from the dense masked attention")
 
-  # The topology the fused path reads (with the band split, the extended operand of
-  # band_split.py) and the unfused one (the whole topology): constants of the program.
+  # The topology (and with the band split, the parts operand of band_split.py): constants
+  # of the program.
   from jaxsparse._src.band_split import band_split
   from jaxsparse._src.fused_attention import _band_lanes
   split, split_data = band_split(topo, np.float32, _band_lanes())
-  constants = {"jaxsparse": int((topo.data if split is None else split_data).nbytes),
+  constants = {"jaxsparse": int(topo.data.nbytes + (0 if split is None else split_data.nbytes)),
                "jaxsparse_unfused": int(topo.data.nbytes)}
 
   # Useful FLOPs: QK^T and PV at the nnz entries (forward), 2x that backward.

@@ -388,8 +388,9 @@ def test_kernel_rejects_bad_traced_topology(rng):
   @jax.jit
   def f(data):
     none = jnp.zeros((1, 0), jnp.uint8)  # no mask, no dropout
-    return fa.attention_fwd_p.bind(q, k, v, none, none, data, shape=(6, 6), transposed=False,
-                                   causal=False, drop_scale=1.0)[0]
+    return fa.attention_fwd_p.bind(q, k, v, none, none, data, jnp.zeros((0,), jnp.int32),
+                                   shape=(6, 6), transposed=False, causal=False,
+                                   drop_scale=1.0, split=None)[0]
 
   bad = topo.data.at[6 + 1 + 3].set(9)  # column_indices[3]: after the m + 1 row offsets
   with pytest.raises(Exception, match="column_indices\\[3\\] = 9 is out of range"):

@@ -17,11 +17,11 @@ two, the band runs on the band kernels and only the rest on the row kernels:
   passes with those `lse` and `delta` (no extra pass over the parts' outputs).
 
 Both happen inside the CPU lowering of the attention primitives (fused_attention.py).
-Their topology operand is then extended with the two parts (so they are arguments of
-the compiled program, not constants, and shard like the topology: replicated), and
+The primitives take, after the topology, a second int32 operand `parts` (empty
+without a split) holding the two parts, which shards like the topology (replicated);
 the static param `split` (a `BandSplit`, or None) says where each piece lies. The
-primitives' other rules and lowerings read only the whole topology's part of the
-operand, so the math and its derivatives are the whole topology's. Only a concrete topology (built outside the trace, as
+primitives' other rules and lowerings read only the topology, so the math and its
+derivatives are the whole topology's. Only a concrete topology (built outside the trace, as
 `jaxsparse.patterns` builds them) can be split: a traced one keeps one call.
 JAXSPARSE_ATTN_BAND_SPLIT=0 turns the split off for functions traced after it is set
 (for A/B runs and tests).
@@ -47,13 +47,12 @@ _MIN_BAND_SHARE = 0.25
 
 @dataclasses.dataclass(frozen=True)
 class BandSplit:
-  """The layout of a split topology operand (a primitive's static param): the whole
-  topology's packed data (its first `whole` values, as before), then the band's and
-  the rest's packed data (`Topology(data, shape=shape)` each), then each part's entry
-  positions in the whole topology's storage order (to gather per-entry masks). Each
-  of `band`, `rest`, `band_pos`, `rest_pos` is (offset, length) in that operand."""
+  """The layout of the attention primitives' `parts` operand (a static param): the
+  band's and the rest's packed topology data (`Topology(data, shape=shape)` each),
+  then each part's entry positions in the whole topology's storage order (to gather
+  per-entry masks). Each of `band`, `rest`, `band_pos`, `rest_pos` is (offset,
+  length) in that operand."""
   shape: tuple
-  whole: int
   band: tuple
   rest: tuple
   band_pos: tuple
@@ -67,11 +66,6 @@ class BandSplit:
   def rest_nnz(self) -> int:
     return self.rest_pos[1]
 
-  def cap(self) -> int:
-    """The whole topology's cap."""
-    m, n = self.shape
-    return (self.whole - 2 * (m + n) - 2) // 4
-
   def segments(self, part: str, *names) -> np.ndarray:
     """`Topology.segments` of the band or the rest, as offsets into the operand."""
     offset, length = getattr(self, part)
@@ -79,10 +73,10 @@ class BandSplit:
     segs[:, 0] += offset
     return segs.reshape(-1)
 
-  def take(self, data, what: str):
-    """The piece `what` ("whole", or a field) of the operand `data` (numpy or traced)."""
-    offset, length = (0, self.whole) if what == "whole" else getattr(self, what)
-    return data[offset:offset + length]
+  def take(self, parts, what: str):
+    """The piece `what` (a field) of the operand `parts` (numpy or traced)."""
+    offset, length = getattr(self, what)
+    return parts[offset:offset + length]
 
 
 class _Length:
@@ -160,10 +154,10 @@ _CACHE_SIZE = 16
 
 
 def band_split(topology: Topology, dtype, lanes: int):
-  """`(split, data)`: the `BandSplit` of a concrete `topology` and the operand it lays
-  out (a jax array: the topology's data, then the parts'), cached by the topology's
-  data; or `(None, None)`: traced, not float32, no band kernels (`lanes` 0),
-  JAXSPARSE_ATTN_BAND_SPLIT=0, or nothing to gain (`split_host`)."""
+  """`(split, parts)`: the `BandSplit` of a concrete `topology` and the operand it
+  lays out (a jax array), cached by the topology's data; or `(None, None)`: traced,
+  not float32, no band kernels (`lanes` 0), JAXSPARSE_ATTN_BAND_SPLIT=0, or nothing
+  to gain (`split_host`)."""
   if (os.environ.get("JAXSPARSE_ATTN_BAND_SPLIT", "") == "0" or lanes <= 0
       or np.dtype(dtype) != np.float32 or isinstance(topology.data, jax.core.Tracer)):
     return None, None
@@ -175,13 +169,12 @@ def band_split(topology: Topology, dtype, lanes: int):
                      topology.shape, lanes)
   result = (None, None)
   if parts is not None:
-    whole = np.asarray(topology.data).astype(np.int32)
-    pieces, fields, offset = [whole], {}, whole.shape[0]
+    pieces, fields, offset = [], {}, 0
     for name, a in zip(("band", "rest", "band_pos", "rest_pos"), parts):
       fields[name] = (offset, int(a.shape[0]))
       pieces.append(a.astype(np.int32))
       offset += a.shape[0]
-    split = BandSplit(shape=tuple(topology.shape), whole=int(whole.shape[0]), **fields)
+    split = BandSplit(shape=tuple(topology.shape), **fields)
     with jax.ensure_compile_time_eval():  # a concrete array even under a trace (cached)
       result = (split, jax.numpy.asarray(np.concatenate(pieces)))
   if len(_cache) >= _CACHE_SIZE:

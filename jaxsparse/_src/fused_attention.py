@@ -2,7 +2,7 @@
 probabilities (flash-attention style).
 
 Three primitives, each over dense operands `[*batch, rows, dim]` (every batch
-dim 1 or one common size) and the 8 topology arrays:
+dim 1 or one common size), the topology (its packed data) and `parts` (below):
 
 - `attention_fwd_p(q, k, v, keep, drop) -> (out, lse)`: the output and the
   per-row log-sum-exp of the logits (`-inf` for a row with no key). `keep` is a
@@ -20,10 +20,11 @@ dim 1 or one common size) and the 8 topology arrays:
 Each also takes the param `inner_batch`, a layout hint that changes no value: the
 last `inner_batch` batch dims (the heads) came from `[..., rows, heads, dim]`, and
 the CPU kernels read and write that layout in place (benchmarks/NOTES.md, change 43).
-And the param `split`: None, or a `BandSplit` (band_split.py): then the topology
-operand is the whole topology's data followed by a band part and the rest, on which
-the CPU kernels run apart (the band on the band kernels), combined in the lowering;
-every other rule reads the whole topology. It changes no value beyond rounding.
+After the topology each takes `parts`, an int32 operand, and the param `split`:
+None (and `parts` empty), or a `BandSplit` (band_split.py) of `parts`, a band part
+and the rest of the topology, on which the CPU kernels run apart (the band on the
+band kernels), combined in the lowering; every other rule reads the topology. It
+changes no value beyond rounding.
 
 On the CPU the forward and the backward are C++ kernels
 (csrc/attention/). Everywhere else (CUDA, float64 on CUDA, or
@@ -83,10 +84,11 @@ def fused_attention(q, k, v, topology: Topology, *, causal: bool = False, keep=N
   if not 0 <= inner_batch <= nb:
     raise ValueError(f"fused_attention: inner_batch must be in [0, {nb}] (the batch dims), "
                      f"got {inner_batch}")
-  split, data = band_split(topology, q.dtype, _band_lanes())
+  split, parts = band_split(topology, q.dtype, _band_lanes())
+  if split is None:
+    parts = jnp.zeros((0,), jnp.int32)
   out, _ = attention_fwd_p.bind(q, k, v, _mask_operand(keep, nb), _mask_operand(drop, nb),
-                                *(topology.arrays if split is None else (data,)),
-                                **topology.params, causal=bool(causal),
+                                *topology.arrays, parts, **topology.params, causal=bool(causal),
                                 drop_scale=float(drop_scale), inner_batch=int(inner_batch),
                                 split=split)
   return out
@@ -109,22 +111,16 @@ attention_bwd_p.multiple_results = True
 # How each partitions (sharding.py); keep and drop get their own factors: either may
 # be [*1, 0] (none).
 _QKV = [("m", "d"), ("n", "d"), ("n", "dv"), ("nnz_keep",), ("nnz_drop",)]
-_FWD_SHARDING = ShardingSpec(core=_QKV, out_core=[("m", "dv"), ("m",)], num_topology=NT)
+_FWD_SHARDING = ShardingSpec(core=_QKV, out_core=[("m", "dv"), ("m",)], num_topology=NT + 1)
 _TANGENT_SHARDING = ShardingSpec(core=_QKV + [("m", "dv"), ("m",)] + _QKV[:3],
-                                 out_core=[("m", "dv"), ("m",)], num_topology=NT)
+                                 out_core=[("m", "dv"), ("m",)], num_topology=NT + 1)
 _BWD_SHARDING = ShardingSpec(core=_QKV + [("m",), ("m",), ("m", "dv")],
-                             out_core=[("m", "d"), ("n", "d"), ("n", "dv")], num_topology=NT)
+                             out_core=[("m", "d"), ("n", "d"), ("n", "dv")], num_topology=NT + 1)
 
 
-def _whole(topo, split):
-  """The topology operands of the whole topology: with a split, the head of the
-  extended operand (band_split.py)."""
-  return topo if split is None else (split.take(topo[0], "whole"),)
-
-
-def _cap(topo, shape, transposed, split):
-  return split.cap() if split is not None else Topology(*topo, shape=shape,
-                                                        transposed=transposed).cap
+def _topology(topo):
+  """The topology operands among the primitives' last two (the topology, `parts`)."""
+  return topo[:NT]
 
 
 # -- abstract eval ----------------------------------------------------------------
@@ -148,7 +144,7 @@ def _check_entry_masks(name, cap, **masks):
 def _fwd_abstract_eval(q, k, v, keep, drop, *topo, shape, transposed, causal, drop_scale,
                        inner_batch=0, split=None):
   _check("jaxsparse_attention_fwd", shape, q, k, v)
-  cap = _cap(topo, shape, transposed, split)
+  cap = Topology(*_topology(topo), shape=shape, transposed=transposed).cap
   _check_entry_masks("jaxsparse_attention_fwd", cap, keep=keep, drop=drop)
   batch = common.batch_shape(q, k, v, keep, drop, core_ndims=(2, 2, 2, 1, 1))
   m = shape[0]
@@ -166,7 +162,7 @@ def _tangent_abstract_eval(q, k, v, keep, drop, out, lse, tq, tk, tv, *topo, **p
 def _bwd_abstract_eval(q, k, v, keep, drop, lse, delta, dout, *topo, shape, transposed, causal,
                        drop_scale, inner_batch=0, split=None):
   _check("jaxsparse_attention_bwd", shape, q, k, v)
-  cap = _cap(topo, shape, transposed, split)
+  cap = Topology(*_topology(topo), shape=shape, transposed=transposed).cap
   _check_entry_masks("jaxsparse_attention_bwd", cap, keep=keep, drop=drop)
   batch = common.batch_shape(q, k, v, keep, drop, lse, delta, dout,
                              core_ndims=(2, 2, 2, 1, 1, 1, 1, 2))
@@ -218,7 +214,7 @@ def _probs(q, k, lse, rows_c, valid, t: Topology):
 
 def _fwd_composite(q, k, v, keep, drop, *topo, shape, transposed, causal, drop_scale,
                    inner_batch=0, split=None):
-  topo = _whole(topo, split)
+  topo = _topology(topo)
   m, _ = shape
   acc = common.acc_dtype(q.dtype)
   rows_c, rows, valid = _entries(Topology(*topo, shape=shape, transposed=transposed), causal, keep)
@@ -240,7 +236,7 @@ def _fwd_composite(q, k, v, keep, drop, *topo, shape, transposed, causal, drop_s
 def _tangent_composite(q, k, v, keep, drop, out, lse, tq, tk, tv, *topo, shape, transposed, causal,
                        drop_scale, inner_batch=0, split=None):
   del out
-  topo = _whole(topo, split)
+  topo = _topology(topo)
   m, _ = shape
   t = Topology(*topo, shape=shape, transposed=transposed)
   rows_c, rows, valid = _entries(t, causal, keep)
@@ -260,7 +256,7 @@ def _tangent_composite(q, k, v, keep, drop, out, lse, tq, tk, tv, *topo, shape, 
 
 def _bwd_composite(q, k, v, keep, drop, lse, delta, dout, *topo, shape, transposed, causal,
                    drop_scale, inner_batch=0, split=None):
-  topo = _whole(topo, split)
+  topo = _topology(topo)
   t = Topology(*topo, shape=shape, transposed=transposed)
   rows_c, _, valid = _entries(t, causal, keep)
   p = _probs(q, k, lse, rows_c, valid, t)
@@ -335,18 +331,19 @@ def _fwd_ffi(q, k, v, keep, drop, *topo, shape, transposed, causal, drop_scale, 
 
   names = ("row_offsets", "column_indices", "row_indices")
 
-  def call(masks, segments):  # out in the kernels' layout, lse [prod(batch), m]
+  def call(data, masks, segments):  # out in the kernels' layout, lse [prod(batch), m]
     return jax.ffi.ffi_call(f"jaxsparse_attention_fwd_{platform}", outs)(
-        to(q), to(k), to(v), *masks, topo[0],
+        to(q), to(k), to(v), *masks, data,
         causal=bool(causal), drop_scale=np.float64(drop_scale), rows_dim=np.int64(rows_dim),
         segments=segments)
 
   if split is None:
-    t = Topology(*topo, shape=shape, transposed=transposed)
-    out, lse = call(_entry_masks(keep, drop, batch), t.segments(*names))
+    t = Topology(*_topology(topo), shape=shape, transposed=transposed)
+    out, lse = call(t.data, _entry_masks(keep, drop, batch), t.segments(*names))
     return back(out), lse.reshape(batch + (m,))
+  parts = topo[NT]
   (out1, lse1), (out2, lse2) = (
-      call(_entry_masks(keep, drop, batch, split.take(topo[0], part + "_pos")),
+      call(parts, _entry_masks(keep, drop, batch, split.take(parts, part + "_pos")),
            split.segments(part, *names)) for part in ("band", "rest"))
   # lse = logaddexp(lse1, lse2) and the weights exp(lse_i - lse); -inf for a row
   # with no entry in either part (then both weights are 0).
@@ -380,20 +377,21 @@ def _bwd_ffi(q, k, v, keep, drop, lse, delta, dout, *topo, shape, transposed, ca
   names = ("row_offsets", "column_indices", "row_indices", "t_row_offsets",
            "t_column_indices", "t_row_indices", "t_perm")
 
-  def call(masks, segments):
+  def call(data, masks, segments):
     return jax.ffi.ffi_call(f"jaxsparse_attention_bwd_{platform}", outs)(
         to(q), to(k), to(v), *masks, flat_batch(lse, batch), flat_batch(delta, batch),
-        to(dout), topo[0],
+        to(dout), data,
         causal=bool(causal), drop_scale=np.float64(drop_scale), rows_dim=np.int64(rows_dim),
         segments=segments)
 
   if split is None:
-    t = Topology(*topo, shape=shape, transposed=transposed)
-    grads = call(_entry_masks(keep, drop, batch), t.segments(*names))
+    t = Topology(*_topology(topo), shape=shape, transposed=transposed)
+    grads = call(t.data, _entry_masks(keep, drop, batch), t.segments(*names))
   else:
     # The whole topology's lse and delta: each entry's terms are the same in either
     # part, so the gradients are the sums of the parts'.
-    band, rest = (call(_entry_masks(keep, drop, batch, split.take(topo[0], part + "_pos")),
+    parts = topo[NT]
+    band, rest = (call(parts, _entry_masks(keep, drop, batch, split.take(parts, part + "_pos")),
                        split.segments(part, *names)) for part in ("band", "rest"))
     grads = [a + b for a, b in zip(band, rest)]
   return tuple(back(g) for g in grads)
