@@ -320,6 +320,12 @@ def _entry_masks(keep, drop, batch, pos=None):
   return one(keep), one(drop)
 
 
+def _split_calls(call, split, parts, keep, drop, batch, names):
+  """`call(data, masks, segments)` on the band and on the rest of a split."""
+  return [call(parts, _entry_masks(keep, drop, batch, split.take(parts, part + "_pos")),
+               split.segments(part, *names)) for part in ("band", "rest")]
+
+
 def _fwd_ffi(q, k, v, keep, drop, *topo, shape, transposed, causal, drop_scale, inner_batch=0,
              split=None, platform):
   nb = q.ndim - 2
@@ -341,10 +347,7 @@ def _fwd_ffi(q, k, v, keep, drop, *topo, shape, transposed, causal, drop_scale, 
     t = Topology(*_topology(topo), shape=shape, transposed=transposed)
     out, lse = call(t.data, _entry_masks(keep, drop, batch), t.segments(*names))
     return back(out), lse.reshape(batch + (m,))
-  parts = topo[NT]
-  (out1, lse1), (out2, lse2) = (
-      call(parts, _entry_masks(keep, drop, batch, split.take(parts, part + "_pos")),
-           split.segments(part, *names)) for part in ("band", "rest"))
+  (out1, lse1), (out2, lse2) = _split_calls(call, split, topo[NT], keep, drop, batch, names)
   # lse = logaddexp(lse1, lse2) and the weights exp(lse_i - lse); -inf for a row
   # with no entry in either part (then both weights are 0).
   mx = jnp.maximum(lse1, lse2)
@@ -390,9 +393,7 @@ def _bwd_ffi(q, k, v, keep, drop, lse, delta, dout, *topo, shape, transposed, ca
   else:
     # The whole topology's lse and delta: each entry's terms are the same in either
     # part, so the gradients are the sums of the parts'.
-    parts = topo[NT]
-    band, rest = (call(parts, _entry_masks(keep, drop, batch, split.take(parts, part + "_pos")),
-                       split.segments(part, *names)) for part in ("band", "rest"))
+    band, rest = _split_calls(call, split, topo[NT], keep, drop, batch, names)
     grads = [a + b for a, b in zip(band, rest)]
   return tuple(back(g) for g in grads)
 
