@@ -35,7 +35,7 @@ import os
 import jax
 import numpy as np
 
-from jaxsparse._src.csr import Topology, _derive
+from jaxsparse._src.csr import Topology, _derive, pack_host
 
 # The band kernels take a band whose blocks of rows hold at most this many tile
 # positions per stored entry (kAttnBandMaxArea in csrc/attention/attention_cpu.cc).
@@ -86,11 +86,6 @@ class _Length:
     self.shape, self.ndim = (length,), 1
 
 
-def _pack(row_offsets, column_indices, m, n):
-  return np.concatenate([a.astype(np.int32) for a in
-                         _derive(np, row_offsets, column_indices, m, n)])
-
-
 def split_host(row_offsets: np.ndarray, column_indices: np.ndarray, shape, lanes: int):
   """The band split of the topology (`row_offsets` [m + 1], `column_indices` [>= nnz],
   host arrays) as numpy (band data, rest data, band positions, rest positions), or
@@ -98,8 +93,9 @@ def split_host(row_offsets: np.ndarray, column_indices: np.ndarray, shape, lanes
   rows dense enough, a band of under a quarter of the entries, or no rest.
 
   Each row's band is its run of consecutive columns through the diagonal (`row * n /
-  m`; else its longest run, the nearest the diagonal of equal ones), then cut so that the first columns (a running max) and the last ones (a
-  running min from the end) do not decrease from row to row.
+  m`; else its longest run, the nearest the diagonal of equal ones), then cut so that
+  the first columns (a running max) and the last ones (a running min from the end) do
+  not decrease from row to row.
   """
   m, n = shape
   ro = np.asarray(row_offsets, np.int64)
@@ -142,7 +138,8 @@ def split_host(row_offsets: np.ndarray, column_indices: np.ndarray, shape, lanes
   def part(sel):
     c = np.bincount(row[sel], minlength=m)
     part_ro = np.concatenate([[0], np.cumsum(c)])
-    return _pack(part_ro, ci[sel], m, n), np.flatnonzero(sel).astype(np.int32)
+    return (pack_host(_derive(np, part_ro, ci[sel], m, n)),
+            np.flatnonzero(sel).astype(np.int32))
 
   band, band_pos = part(in_band)
   rest, rest_pos = part(~in_band)
@@ -172,7 +169,7 @@ def band_split(topology: Topology, dtype, lanes: int):
     pieces, fields, offset = [], {}, 0
     for name, a in zip(("band", "rest", "band_pos", "rest_pos"), parts):
       fields[name] = (offset, int(a.shape[0]))
-      pieces.append(a.astype(np.int32))
+      pieces.append(a)
       offset += a.shape[0]
     split = BandSplit(shape=tuple(topology.shape), **fields)
     with jax.ensure_compile_time_eval():  # a concrete array even under a trace (cached)

@@ -147,7 +147,7 @@ class Topology:
     arrays = (row_offsets, column_indices, row_indices, t_row_offsets, t_column_indices,
               t_row_indices, t_perm, t_perm_inv)
     if _is_concrete(*arrays) and all(isinstance(a, np.ndarray) for a in arrays):
-      data = jnp.asarray(np.concatenate([a.astype(np.int32) for a in arrays]))
+      data = jnp.asarray(pack_host(arrays))
     else:
       data = jnp.concatenate([jnp.asarray(a, jnp.int32) for a in arrays])
     return cls(data, shape=shape)
@@ -253,6 +253,12 @@ class Topology:
       raise ValueError(f"jaxsparse: column_indices must be 1-D, got shape {column_indices.shape}")
     arrays = _derive(jnp, row_offsets.astype(jnp.int32), column_indices.astype(jnp.int32), m, k)
     return cls.from_arrays(*arrays, shape=(m, k))
+
+
+def pack_host(arrays) -> np.ndarray:
+  """The eight numpy arrays of a topology (in `Topology._fields` order) as its packed
+  int32 `data`."""
+  return np.concatenate([np.asarray(a).astype(np.int32) for a in arrays])
 
 
 # Flattened and unflattened by JAX in C++ (no Python call per jitted call).
