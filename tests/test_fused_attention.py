@@ -547,6 +547,33 @@ def test_band_kernels_rectangular(rng, monkeypatch, passes):
   _check_band(rng, monkeypatch, js.CSR.from_mask(mask), 32, 32, {}, passes)
 
 
+@pytest.mark.parametrize("lead,trail,opts", [
+    (21, 0, "plain"),      # rows before the first stored row (inside and whole blocks)
+    (0, 19, "plain"),      # rows after the last stored row (the nnz bound)
+    (40, 7, "dropout"),    # both, with a keep mask and dropout (the position loops)
+    (33, 5, "is_causal"),  # both, causal clipping
+])
+@pytest.mark.parametrize("passes", ["1", "2"])
+def test_band_kernels_empty_leading_and_trailing_rows(rng, monkeypatch, lead, trail, opts,
+                                                      passes):
+  """Rows that store nothing before the first stored row and after the last (as the
+  band split's rest has: Longformer's global columns) still run the band kernels:
+  zero output and gradients there, lse -inf, and the other rows exact."""
+  _needs_band_kernels()
+  m, n, w = 200, 130, 24
+  mask = np.zeros((m, n), bool)
+  for i in range(lead, m - trail):
+    lo = min(max(0, (i - lead) // 2 - 4), n - w)
+    mask[i, lo:lo + w] = True
+  kw = {}
+  if opts == "dropout":
+    kw = dict(mask=jnp.asarray(rng.random((2, 1, 1, n)) < 0.8), dropout_rate=0.25,
+              dropout_rng=jax.random.key(3))
+  elif opts == "is_causal":
+    kw = dict(is_causal=True)
+  _check_band(rng, monkeypatch, js.CSR.from_mask(mask), 32, 32, kw, passes)
+
+
 def test_band_kernels_not_taken_off_band(rng, monkeypatch):
   """Topologies the band kernels do not take run the row kernels either way: a random
   mask, a window with an empty row, and a window too narrow for its blocks."""

@@ -109,9 +109,20 @@ int64_t AttnLongestSpan(const AttnTopology& t, int64_t lanes) {
 // AttnBandSpan(t, lanes) > 0: lo and hi do not decrease from row to row.
 int64_t AttnBandChunkBlocks(const AttnTopology& t, int64_t lanes) {
   const int64_t blocks = (t.m + lanes - 1) / lanes;
-  auto lo = [&](int64_t r) { return static_cast<int64_t>(t.column_indices[t.row_offsets[r]]); };
+  const int32_t nnz = t.row_offsets[t.m];
+  // With empty rows only before the first stored row and after the last (AttnBandSpan),
+  // the entry at row_offsets[r] is the first of the next row that stores one (lo of
+  // row r or, for an empty row, of the nearest stored row after it; none after the
+  // last stored row), and the one before row_offsets[r + 1] the last of the nearest
+  // stored row at or before r: the bounds the test below needs.
+  auto lo = [&](int64_t r) {
+    return t.row_offsets[r] < nnz ? static_cast<int64_t>(t.column_indices[t.row_offsets[r]])
+                                  : std::numeric_limits<int64_t>::max();
+  };
   auto hi = [&](int64_t r) {
-    return static_cast<int64_t>(t.column_indices[t.row_offsets[r + 1] - 1]);
+    return t.row_offsets[r + 1] > 0
+               ? static_cast<int64_t>(t.column_indices[t.row_offsets[r + 1] - 1])
+               : int64_t{-1};
   };
   for (int64_t cb = 1; 2 * cb < blocks; cb *= 2) {
     bool disjoint = true;
@@ -140,16 +151,23 @@ bool AttnBandOnePass(int64_t batch, int64_t blocks, int64_t chunk_blocks,
 
 // The band kernels' tile height (the longest block span) for the row topology t, or 0
 // where they do not take it (the forward and the backward decide alike from t): they
-// take it when every row stores a contiguous range of columns, none is empty, the
-// ranges' first and last columns do not decrease from row to row (so each key's query
-// rows are a contiguous range too), and the tiles are dense enough. O(nnz).
+// take it when every row stores a contiguous range of columns, the rows that store
+// none all come before the first row that stores one or after the last (so each key's
+// query rows stay a contiguous range: the two-pass backward's key blocks need it), the
+// ranges' first and last columns do not decrease from row to row, and the tiles are
+// dense enough. O(nnz).
 int64_t AttnBandSpan(const AttnTopology& t, int64_t lanes) {
-  if (lanes <= 0 || t.m <= 0) return 0;
+  if (lanes <= 0 || t.m <= 0 || t.row_offsets[t.m] <= 0) return 0;
   int64_t prev_lo = -1, prev_hi = -1;
   int32_t bad = 0;
+  bool ended = false;  // an empty row after a stored one: no row may store one again
   for (int64_t r = 0; r < t.m; ++r) {
     const int32_t j0 = t.row_offsets[r], j1 = t.row_offsets[r + 1];
-    if (j1 <= j0) return 0;
+    if (j1 <= j0) {
+      ended = prev_hi >= 0;
+      continue;
+    }
+    if (ended) return 0;
     const int32_t lo = t.column_indices[j0];
     const int64_t hi = static_cast<int64_t>(lo) + (j1 - j0) - 1;
     if (lo < prev_lo || hi < prev_hi) return 0;
