@@ -556,9 +556,9 @@ def test_band_kernels_rectangular(rng, monkeypatch, passes):
 @pytest.mark.parametrize("passes", ["1", "2"])
 def test_band_kernels_empty_leading_and_trailing_rows(rng, monkeypatch, lead, trail, opts,
                                                       passes):
-  """Rows that store nothing before the first stored row and after the last (as the
-  band split's rest has: Longformer's global columns) still run the band kernels:
-  zero output and gradients there, lse -inf, and the other rows exact."""
+  """Rows that store nothing before the first stored row and after the last (a padded
+  band) still run the band kernels, which match float64 and the row kernels (zeros
+  in those rows)."""
   _needs_band_kernels()
   m, n, w = 200, 130, 24
   mask = np.zeros((m, n), bool)
