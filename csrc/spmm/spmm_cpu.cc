@@ -34,6 +34,7 @@ struct SpmmPlan {
   int64_t col_block;           // columns per work item
   int64_t num_col_blocks;
   int64_t col_begin = 0;       // SpmmItems covers columns [col_begin, n)
+  bool prefetch = true;        // SpmmItems issues software prefetches of dense rows
   // k-blocked path (SpmmBlockedItems): strips of the full strip width from column 0.
   int64_t num_strips = 0;
   int64_t row_block = 0;
@@ -60,6 +61,14 @@ constexpr int64_t kPadBytes = 64;
 // 23): at 10 and 24 uses per row the unpacked operand was 1.1-2.3x faster, at 46
 // and 102 the copy was 1.07-1.17x faster.
 constexpr int64_t kPackMinUses = 32;
+// With a dense row stride that is a multiple of 4 KiB (one way of a 32 KiB 8-way or
+// 48 KiB 12-way L1d), every gathered row's strip maps onto the same few L1 sets, so
+// the lines prefetched a few nonzeros ahead are evicted before their use. The row
+// kernels then skip the software prefetch, unless the panel they read is larger
+// than kPanelBytes (no longer in L2, where the prefetch still pays). Measured on
+// Zen 4 (benchmarks/NOTES.md change 48): 512 x 512 x 2048 at 4.7 %, 2 threads, 650
+// against 870 us; 512 x 2048 x 2048 (a 1 MiB panel) was faster with the prefetch.
+constexpr int64_t kL1WayBytes = 4096;
 
 template <typename T>
 void RunBlockedItems(Isa isa, const SpmmArgs<T>& a, const SpmmPlan<T>& plan, int64_t begin,
@@ -263,6 +272,8 @@ int SpmmCpu(const SpmmArgs<T>& a, const TaskRunner* runner) {
       plan.dense_batch_stride = a.dense_batch_stride == 0 ? 0 : a.k * ldb_padded;
     }
   }
+  const int64_t panel_bytes = std::max<int64_t>(a.k, 1) * plan.col_block * elem;
+  plan.prefetch = (plan.ldb * elem) % kL1WayBytes != 0 || panel_bytes > kPanelBytes;
   const int64_t num_items = a.batch * plan.num_col_blocks * a.m;
   const double work = (2.0 * static_cast<double>(nnz) + a.m) * static_cast<double>(a.n) * a.batch;
   ParallelFor(runner, num_items, work, [&](int64_t begin, int64_t end) {
