@@ -66,8 +66,9 @@ constexpr int64_t kPackMinUses = 32;
 // the lines prefetched a few nonzeros ahead are evicted before their use. The row
 // kernels then skip the software prefetch, unless the panel they read is larger
 // than kPanelBytes (no longer in L2, where the prefetch still pays). Measured on
-// Zen 4 (benchmarks/NOTES.md change 48): 512 x 512 x 2048 at 4.7 %, 2 threads, 650
-// against 870 us; 512 x 2048 x 2048 (a 1 MiB panel) was faster with the prefetch.
+// Zen 4 (benchmarks/NOTES.md change 48): 512 x 512 x 2048 at 4.7 %, 2 threads,
+// 592-676 us without against 741-800 with; 512 x 2048 x 2048 (a 1 MiB panel) was
+// faster with the prefetch.
 constexpr int64_t kL1WayBytes = 4096;
 
 template <typename T>
