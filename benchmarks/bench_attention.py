@@ -154,9 +154,11 @@ def main(argv=None):
 
   # The topology (and with the band split, the parts operand of band_split.py): constants
   # of the program.
-  from jaxsparse._src.band_split import band_split
+  from jaxsparse._src.band_split import band_split, gathers_whole
   from jaxsparse._src.fused_attention import _band_lanes
   split, split_data = band_split(topo, np.float32, _band_lanes())
+  gather_whole = split is None and not local and gathers_whole(  # local: the band kernels
+      topo.host("row_offsets"), topo.host("column_indices"), topo.shape, _band_lanes())
   constants = {"jaxsparse": int(topo.data.nbytes + (0 if split is None else split_data.nbytes)),
                "jaxsparse_unfused": int(topo.data.nbytes)}
 
@@ -190,7 +192,8 @@ def main(argv=None):
               isa=js.cpu_instruction_set(), nproc=os.cpu_count(),
               kernels=js.has_kernels("cpu"), T=T, heads=H, head_dim=D, window=W, batch=B,
               causal=args.causal if local else args.pattern == "local+strided", pattern=desc,
-              band_split=split_info, nnz=nnz, density=nnz / (T * T), dtype="float32",
+              band_split=split_info, gather_whole=gather_whole, nnz=nnz,
+              density=nnz / (T * T), dtype="float32",
               repeats=args.repeats, min_time_s=args.min_time,
               err_forward=err_fwd, err_grads=err_bwd,
               peak_memory="compiled memory_analysis(): temp + argument + output bytes, plus for "
@@ -207,6 +210,8 @@ def main(argv=None):
            "| mode | method | ms | time x | peak MiB | memory x |", "|---|---|---|---|---|---|"]
   if split_info:
     lines[2:2] = [f"Band split: {split.band_nnz} band entries, {split.rest_nnz} others.", ""]
+  elif gather_whole:
+    lines[2:2] = ["The gather kernels take the whole topology (no band split).", ""]
   for r in rows:
     for name in methods:
       t = r["times_ms"][name]

@@ -91,19 +91,24 @@ def main():
           np.testing.assert_allclose(x, y, rtol=tol, atol=tol * 4,
                                      err_msg=f"attention grads {isa} d={d}")
   # The band kernels (float32, AVX2 and AVX-512: a local window, a causal one with a
-  # mask and dropout, and the band split of a causal window plus strided keys) against
-  # the unfused path, forward and backward; on the generic ISA the same calls run the
-  # row kernels (and no split).
-  for t, w, causal, d in ((70, 20, False, 64), (75, 40, True, 24), (96, 40, "strided", 16)):
-    topo = (js.patterns.union(js.patterns.local(t, w, causal=True),
-                              js.patterns.strided(t, 12, causal=True))
-            if causal == "strided" else js.patterns.local(t, w, causal=causal))
+  # mask and dropout, the band split of a causal window plus strided keys, and BigBird
+  # on the gather kernels, whole) against the unfused path, forward and backward; on
+  # the generic ISA the same calls run the row kernels (and no split).
+  for t, w, causal, d in ((70, 20, False, 64), (75, 40, True, 24), (96, 40, "strided", 16),
+                          (128, 16, "bigbird", 32)):
+    if causal == "bigbird":
+      topo = js.patterns.bigbird(t, w, 2, 1)
+    elif causal == "strided":
+      topo = js.patterns.union(js.patterns.local(t, w, causal=True),
+                               js.patterns.strided(t, 12, causal=True))
+    else:
+      topo = js.patterns.local(t, w, causal=causal)
     q, kk, v = (jnp.asarray(rng.standard_normal((t, 2, d)), np.float32) for _ in range(3))
     keep = jnp.asarray(rng.random((t, t)) < 0.8) if causal else None
     drop = 0.2 if causal else 0.0
-    if causal == "strided":
+    if causal in ("strided", "bigbird"):
       hlo = jax.jit(lambda q: js.sparse_dot_product_attention(q, q, q, topo)).lower(q).as_text()
-      want = 1 if isa == "generic" else 2  # the band and the rest
+      want = 2 if isa != "generic" and causal == "strided" else 1  # the band and the rest
       assert hlo.count("jaxsparse_attention_fwd_cpu") == want, (isa, hlo.count(
           "jaxsparse_attention_fwd_cpu"))
     loss = lambda impl: lambda q, k, v: jnp.sum(jnp.sin(  # noqa: E731
@@ -115,6 +120,13 @@ def main():
     for x, y in zip(jax.tree.leaves(gf), jax.tree.leaves(gu)):
       np.testing.assert_allclose(x, y, rtol=tol, atol=tol * 4,
                                  err_msg=f"band attention {isa} t={t} d={d}")
+    if causal == "bigbird" and isa != "generic":  # the gather kernels ran: the row
+      g = jax.jit(jax.value_and_grad(loss("fused"), argnums=(0, 1, 2)))  # kernels' bits differ
+      os.environ["JAXSPARSE_CPU_ATTN_GATHER"] = "0"
+      rows = jax.block_until_ready(g(q, kk, v))  # (dispatch is asynchronous)
+      del os.environ["JAXSPARSE_CPU_ATTN_GATHER"]
+      assert any(not np.array_equal(x, y)
+                 for x, y in zip(jax.tree.leaves(g(q, kk, v)), jax.tree.leaves(rows))), isa
   print("all ok", isa)
 
 

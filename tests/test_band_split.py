@@ -14,7 +14,7 @@ import pytest
 
 import jaxsparse as js
 from jaxsparse import patterns
-from jaxsparse._src.band_split import band_split, split_host
+from jaxsparse._src.band_split import band_split, gathers_whole, split_host
 from jaxsparse._src.csr import as_topology
 from jaxsparse.attention import sparse_dot_product_attention as sdpa
 from jaxsparse.testing import tolerance
@@ -34,7 +34,9 @@ SPLIT = {
     "local+strided": lambda: patterns.union(patterns.local(96, 40, causal=True),
                                             patterns.strided(96, 12, causal=True)),
     "longformer": lambda: patterns.longformer(80, 16, 3),
-    "bigbird": lambda: patterns.bigbird(96, 16, 1, 1),
+    # blocks of 12: its 8- and 16-row blocks straddle BigBird's (blocks of 16 run whole
+    # on the gather kernels: test_gather_whole)
+    "bigbird": lambda: patterns.bigbird(96, 12, 1, 1),
     "rectangular": lambda: js.CSR.from_mask(  # a band through (i, i / 2) plus two columns
         np.array([[abs(j - i // 2) <= 14 or j in (3, 50) for j in range(60)]
                   for i in range(100)])),
@@ -99,6 +101,25 @@ def test_no_split(monkeypatch):
   jax.jit(lambda d: seen.append(band_split(js.Topology(d, shape=t.shape), np.float32, 16)))(
       t.data)
   assert seen == [(None, None)]
+
+
+@pytest.mark.parametrize("lanes", [8, 16])
+def test_gather_whole(lanes, monkeypatch):
+  """BigBird with blocks of a multiple of the lanes runs whole on the gather kernels
+  (no split): its rows in each block of lanes share their columns. The split patterns,
+  whose rows shift or interleave within a block, do not; nor with
+  JAXSPARSE_CPU_ATTN_GATHER=0, which then splits BigBird."""
+  t, ro, ci = _host(patterns.bigbird(128, 16, 2, 1))
+  assert gathers_whole(ro, ci, t.shape, lanes)
+  assert split_host(ro, ci, t.shape, lanes) is None
+  assert band_split(t, np.float32, lanes) == (None, None)
+  for name in SPLIT:
+    s, sro, sci = _host(SPLIT[name]())
+    assert not gathers_whole(sro, sci, s.shape, lanes)
+  assert not gathers_whole(ro, ci, t.shape, 0)
+  monkeypatch.setenv("JAXSPARSE_CPU_ATTN_GATHER", "0")
+  assert not gathers_whole(ro, ci, t.shape, lanes)
+  assert split_host(ro, ci, t.shape, lanes) is not None
 
 
 def _needs_band_kernels():

@@ -575,18 +575,85 @@ def test_band_kernels_empty_leading_and_trailing_rows(rng, monkeypatch, lead, tr
 
 
 def test_band_kernels_not_taken_off_band(rng, monkeypatch):
-  """Topologies the band kernels do not take run the row kernels either way: a random
-  mask, a window with an empty row, and a window too narrow for its blocks."""
+  """Topologies neither the band nor the gather kernels take run the row kernels either
+  way: a random mask, a window too narrow for its blocks, and rows of one block that
+  interleave their columns (a strided pattern)."""
   _needs_band_kernels()
   t = 64
-  holed = np.array(patterns.local(t, 20).todense() != 0)
-  holed[30] = False
-  for topo in (js.CSR.from_mask(_mask(rng, t, t, 0.5)), js.CSR.from_mask(holed),
-               patterns.local(t, 2)):
+  for topo in (js.CSR.from_mask(_mask(rng, t, t, 0.5)), patterns.local(t, 2),
+               patterns.strided(t, 8)):
     args, _, f, g = _band_case(rng, 16, 16, topo)
     band, rows = _band_and_rows(monkeypatch, f, g, args)
     for a, b in zip(band, rows):
       assert np.array_equal(a, b)
+
+
+def _blocks_mask(rng, m, n, block_rows, block_cols, per_row, empty_blocks=()):
+  """Each block of `block_rows` rows stores the same `per_row` random blocks of
+  `block_cols` columns (BigBird's random blocks); none in `empty_blocks`."""
+  mask = np.zeros((m, n), bool)
+  for i in range(0, m, block_rows):
+    if i // block_rows in empty_blocks:
+      continue
+    for j in rng.choice(n // block_cols, per_row, replace=False):
+      mask[i:i + block_rows, j * block_cols:(j + 1) * block_cols] = True
+  return mask
+
+
+def _gather_topology(rng, name):
+  if name == "bigbird":  # whole (no band split): blocks of 16 rows
+    return patterns.bigbird(128, 16, 2, 1)
+  if name == "holed_window":  # a window with an empty row inside: not a band
+    holed = np.array(patterns.local(90, 20).todense() != 0)
+    holed[30] = False
+    return js.CSR.from_mask(holed)
+  if name == "blocks_rectangular":  # [80, 112], an empty block of rows, a partial last
+    return js.CSR.from_mask(_blocks_mask(rng, 80, 112, 16, 8, 3, empty_blocks=(2,)))
+  if name == "scattered_columns":  # each 16 rows the same 12 random columns: the
+    mask = np.zeros((96, 96), bool)  # transpose's keys do not share rows (pass 2 runs
+    for i in range(0, 96, 16):       # on the row kernels)
+      mask[i:i + 16, rng.choice(96, 12, replace=False)] = True
+    return js.CSR.from_mask(mask)
+  raise ValueError(name)
+
+
+# The gather kernels (the band kernels with each block's columns gathered) take
+# topologies whose rows, in each block of 8/16, are contiguous runs of the block's
+# sorted union of columns: BigBird's blocks, block-sparse random patterns, a window
+# with holes. JAXSPARSE_CPU_ATTN_GATHER=0 sends them to the row kernels.
+@pytest.mark.parametrize("name,opts", [
+    ("bigbird", "plain"), ("bigbird", "is_causal"), ("bigbird", "dropout"),
+    ("holed_window", "plain"), ("holed_window", "mask"),
+    ("blocks_rectangular", "plain"), ("blocks_rectangular", "dropout"),
+    ("scattered_columns", "plain"), ("scattered_columns", "mask")])
+@pytest.mark.parametrize("passes", ["1", "2"])
+def test_gather_kernels(rng, monkeypatch, name, opts, passes):
+  """Gather kernels forward and backward against float64 (the unfused path, the same
+  mask and dropout draw) and against the row kernels; that they ran (their results
+  differ in some last bit from the row kernels', and JAXSPARSE_CPU_ATTN_GATHER=0 gives
+  the row kernels' bits). The backward in one pass (dk, dv from each block of rows,
+  one batch entry per item) and in two."""
+  _needs_band_kernels()
+  topo = _gather_topology(rng, name)
+  m, n = topo.shape
+  kw = {}
+  if opts == "is_causal":
+    kw = dict(is_causal=True)
+  elif opts == "mask":
+    kw = dict(mask=jnp.asarray(rng.random((2, 1, m, n)) < 0.7))
+  elif opts == "dropout":
+    kw = dict(mask=jnp.asarray(rng.random((2, 1, 1, n)) < 0.8), dropout_rate=0.25,
+              dropout_rng=jax.random.key(7))
+  _check_band(rng, monkeypatch, topo, 32, 24, kw, passes)
+  args, _, f, g = _band_case(np.random.default_rng(1), 32, 24, topo, **kw)
+  band, rows = _band_and_rows(monkeypatch, f, g, args)
+  monkeypatch.setenv("JAXSPARSE_CPU_ATTN_BAND", "1")
+  monkeypatch.setenv("JAXSPARSE_CPU_ATTN_GATHER", "0")
+  off = [np.asarray(f(*args))] + [np.asarray(x) for x in g(*args)]
+  monkeypatch.delenv("JAXSPARSE_CPU_ATTN_GATHER")
+  for a, b in zip(off, rows):
+    assert np.array_equal(a, b)
+  assert any(not np.array_equal(a, b) for a, b in zip(band, rows))
 
 
 # inner_batch is a layout hint: the CPU kernels read [..., rows, heads, d] in place

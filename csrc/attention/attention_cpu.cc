@@ -39,18 +39,20 @@ void BwdColItems(const AttnBwdArgs<T>& a, int64_t begin, int64_t end) {
 }
 
 template <typename T>
-void FwdBandItems(const AttnFwdArgs<T>& a, int64_t max_span, int64_t begin, int64_t end) {
-  JAXSPARSE_ISA_CALL(SelectedIsa(), T, AttnFwdBand, a, max_span, begin, end);
+void FwdBandItems(const AttnFwdArgs<T>& a, int64_t max_span, const AttnGatherPlan* g,
+                  int64_t begin, int64_t end) {
+  JAXSPARSE_ISA_CALL(SelectedIsa(), T, AttnFwdBand, a, max_span, g, begin, end);
 }
 template <typename T>
-void BwdRowBandItems(const AttnBwdArgs<T>& a, int64_t max_span, int64_t chunk_blocks,
-                     int64_t phase, int64_t begin, int64_t end) {
-  JAXSPARSE_ISA_CALL(SelectedIsa(), T, AttnBwdRowsBand, a, max_span, chunk_blocks, phase, begin,
-                     end);
+void BwdRowBandItems(const AttnBwdArgs<T>& a, int64_t max_span, const AttnGatherPlan* g,
+                     int64_t chunk_blocks, int64_t phase, int64_t begin, int64_t end) {
+  JAXSPARSE_ISA_CALL(SelectedIsa(), T, AttnBwdRowsBand, a, max_span, g, chunk_blocks, phase,
+                     begin, end);
 }
 template <typename T>
-void BwdColBandItems(const AttnBwdArgs<T>& a, int64_t max_span, int64_t begin, int64_t end) {
-  JAXSPARSE_ISA_CALL(SelectedIsa(), T, AttnBwdColsBand, a, max_span, begin, end);
+void BwdColBandItems(const AttnBwdArgs<T>& a, int64_t max_span, const AttnGatherPlan* g,
+                     int64_t begin, int64_t end) {
+  JAXSPARSE_ISA_CALL(SelectedIsa(), T, AttnBwdColsBand, a, max_span, g, begin, end);
 }
 
 // The band kernels take a topology when their tiles (blocks of lanes rows by the
@@ -182,6 +184,84 @@ int64_t AttnBandSpan(const AttnTopology& t, int64_t lanes) {
   return area <= kAttnBandMaxArea * static_cast<double>(t.row_offsets[t.m]) ? longest : 0;
 }
 
+// The gather kernels' plan (AttnGatherPlan) and its storage.
+struct AttnGather {
+  std::vector<int32_t> block_start, cols, row_first;
+  AttnGatherPlan plan;
+};
+
+// Builds in *out the gather kernels' plan for t and returns true where they take it:
+// in every block of `lanes` rows each row's columns are a contiguous run of the
+// block's sorted union of columns, and the tiles (lanes x union) hold at most
+// kAttnBandMaxArea positions per stored entry. JAXSPARSE_CPU_ATTN_GATHER=0 turns them
+// off (read per call, for A/B runs and tests). O(nnz) plus sorting each union.
+bool AttnGatherBuild(const AttnTopology& t, int64_t lanes, AttnGather* out) {
+  if (lanes <= 0 || t.m <= 0 || t.n <= 0 || t.row_offsets[t.m] <= 0) return false;
+  const char* env = std::getenv("JAXSPARSE_CPU_ATTN_GATHER");
+  if (env != nullptr && std::strcmp(env, "0") == 0) return false;
+  const double limit = kAttnBandMaxArea * static_cast<double>(t.row_offsets[t.m]);
+  const int64_t blocks = (t.m + lanes - 1) / lanes;
+  std::vector<int32_t> stamp(static_cast<size_t>(t.n), -1), index(static_cast<size_t>(t.n), 0);
+  out->block_start.assign(static_cast<size_t>(blocks), 0);
+  out->cols.clear();
+  size_t prev_start = 0, prev_count = 0;
+  out->row_first.assign(static_cast<size_t>(t.m), 0);
+  double area = 0;
+  int64_t longest = 0;
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t r0 = b * lanes, r1 = std::min(r0 + lanes, t.m);
+    const size_t start = out->cols.size();
+    for (int32_t j = t.row_offsets[r0]; j < t.row_offsets[r1]; ++j) {
+      const int32_t c = t.column_indices[j];
+      if (stamp[c] != b) {
+        stamp[c] = static_cast<int32_t>(b);
+        out->cols.push_back(c);
+      }
+    }
+    std::sort(out->cols.begin() + static_cast<std::ptrdiff_t>(start), out->cols.end());
+    const int64_t count = static_cast<int64_t>(out->cols.size() - start);
+    area += static_cast<double>(lanes) * static_cast<double>(count);
+    if (area > limit) return false;
+    for (int64_t i = 0; i < count; ++i) index[out->cols[start + i]] = static_cast<int32_t>(i);
+    for (int64_t r = r0; r < r1; ++r) {
+      const int32_t j0 = t.row_offsets[r], j1 = t.row_offsets[r + 1];
+      if (j1 <= j0) continue;
+      const int32_t first = index[t.column_indices[j0]];
+      for (int32_t j = j0 + 1; j < j1; ++j) {
+        if (index[t.column_indices[j]] != first + (j - j0)) return false;
+      }
+      out->row_first[r] = first;
+    }
+    longest = std::max(longest, count);
+    const auto begin = out->cols.begin();
+    if (b > 0 && static_cast<size_t>(count) == prev_count &&
+        std::equal(begin + static_cast<std::ptrdiff_t>(start), out->cols.end(),
+                   begin + static_cast<std::ptrdiff_t>(prev_start))) {
+      out->cols.resize(start);  // the previous block's union: share it
+    } else {
+      prev_start = start;
+      prev_count = static_cast<size_t>(count);
+    }
+    out->block_start[b] = static_cast<int32_t>(prev_start);
+  }
+  out->plan.block_start = out->block_start.data();
+  out->plan.cols = out->cols.data();
+  out->plan.row_first = out->row_first.data();
+  out->plan.max_cols = longest;
+  return true;
+}
+
+// Zeros dk and dv (the single-pass backward accumulates into them in place).
+template <typename T>
+void ZeroKeyGrads(const AttnBwdArgs<T>& a) {
+  for (int64_t bb = 0; bb < a.batch; ++bb) {
+    for (int64_t c = 0; c < a.t_topo.m; ++c) {
+      std::memset(a.dk.Row(bb, c), 0, sizeof(T) * a.d);
+      std::memset(a.dv_out.Row(bb, c), 0, sizeof(T) * a.dv);
+    }
+  }
+}
+
 int64_t MaxRowLength(const AttnTopology& t) {
   int64_t longest = 0;
   for (int64_t r = 0; r < t.m; ++r) {
@@ -202,7 +282,14 @@ int AttentionFwdCpu(const AttnFwdArgs<T>& a, const TaskRunner* runner) {
   if (const int64_t span = AttnBandSpan(a.topo, lanes); span > 0) {
     const int64_t blocks = (a.topo.m + lanes - 1) / lanes;
     ParallelFor(runner, a.batch * blocks, work,
-                [&](int64_t begin, int64_t end) { FwdBandItems<T>(a, span, begin, end); });
+                [&](int64_t begin, int64_t end) { FwdBandItems<T>(a, span, nullptr, begin, end); });
+    return 0;
+  }
+  if (AttnGather gather; AttnGatherBuild(a.topo, lanes, &gather)) {
+    const int64_t blocks = (a.topo.m + lanes - 1) / lanes;
+    ParallelFor(runner, a.batch * blocks, work, [&](int64_t begin, int64_t end) {
+      FwdBandItems<T>(a, gather.plan.max_cols, &gather.plan, begin, end);
+    });
     return 0;
   }
   const int64_t max_row = MaxRowLength(a.topo);
@@ -222,28 +309,53 @@ int AttentionBwdCpu(const AttnBwdArgs<T>& a, const TaskRunner* runner) {
     const int64_t blocks = (a.topo.m + lanes - 1) / lanes;
     const int64_t chunk_blocks = AttnBandChunkBlocks(a.topo, lanes);
     if (a.t_topo.m > 0 && AttnBandOnePass(a.batch, blocks, chunk_blocks, runner)) {
-      for (int64_t bb = 0; bb < a.batch; ++bb) {  // the rows are accumulated in place
-        for (int64_t c = 0; c < a.t_topo.m; ++c) {
-          std::memset(a.dk.Row(bb, c), 0, sizeof(T) * a.d);
-          std::memset(a.dv_out.Row(bb, c), 0, sizeof(T) * a.dv);
-        }
-      }
+      ZeroKeyGrads(a);
       const int64_t chunks = (blocks + chunk_blocks - 1) / chunk_blocks;
       for (int64_t phase = 0; phase < 2 && phase < chunks; ++phase) {
         const int64_t items = a.batch * ((chunks - phase + 1) / 2);
         ParallelFor(runner, items, (row_work + col_work) * items / (a.batch * chunks),
                     [&](int64_t begin, int64_t end) {
-                      BwdRowBandItems<T>(a, span, chunk_blocks, phase, begin, end);
+                      BwdRowBandItems<T>(a, span, nullptr, chunk_blocks, phase, begin, end);
                     });
       }
       return 0;
     }
-    ParallelFor(runner, a.batch * blocks, row_work,
-                [&](int64_t begin, int64_t end) { BwdRowBandItems<T>(a, span, 0, 0, begin, end); });
+    ParallelFor(runner, a.batch * blocks, row_work, [&](int64_t begin, int64_t end) {
+      BwdRowBandItems<T>(a, span, nullptr, 0, 0, begin, end);
+    });
     if (a.t_topo.m > 0) {
       const int64_t key_span = AttnLongestSpan(a.t_topo, lanes);
       ParallelFor(runner, a.batch * ((a.t_topo.m + lanes - 1) / lanes), col_work,
-                  [&](int64_t begin, int64_t end) { BwdColBandItems<T>(a, key_span, begin, end); });
+                  [&](int64_t begin, int64_t end) {
+                    BwdColBandItems<T>(a, key_span, nullptr, begin, end);
+                  });
+    }
+    return 0;
+  }
+  // The gather kernels where the forward took them (the same decision, from a.topo):
+  // in one pass where each thread gets two batch entries (their dk, dv rows are
+  // disjoint), else two passes, pass 2 on them too where the transpose qualifies, else
+  // on the row kernels.
+  if (AttnGather gather; a.topo.m > 0 && AttnGatherBuild(a.topo, lanes, &gather)) {
+    const int64_t blocks = (a.topo.m + lanes - 1) / lanes;
+    if (a.t_topo.m > 0 && AttnBandOnePass(a.batch, blocks, blocks, runner)) {
+      ZeroKeyGrads(a);
+      ParallelFor(runner, a.batch, row_work + col_work, [&](int64_t begin, int64_t end) {
+        BwdRowBandItems<T>(a, gather.plan.max_cols, &gather.plan, blocks, 0, begin, end);
+      });
+      return 0;
+    }
+    ParallelFor(runner, a.batch * blocks, row_work, [&](int64_t begin, int64_t end) {
+      BwdRowBandItems<T>(a, gather.plan.max_cols, &gather.plan, 0, 0, begin, end);
+    });
+    if (AttnGather t_gather; a.t_topo.m > 0 && AttnGatherBuild(a.t_topo, lanes, &t_gather)) {
+      ParallelFor(runner, a.batch * ((a.t_topo.m + lanes - 1) / lanes), col_work,
+                  [&](int64_t begin, int64_t end) {
+                    BwdColBandItems<T>(a, t_gather.plan.max_cols, &t_gather.plan, begin, end);
+                  });
+    } else if (a.t_topo.m > 0) {
+      ParallelFor(runner, a.batch * a.t_topo.m, col_work,
+                  [&](int64_t begin, int64_t end) { BwdColItems<T>(a, begin, end); });
     }
     return 0;
   }

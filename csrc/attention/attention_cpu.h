@@ -92,6 +92,18 @@ struct AttnBwdArgs {
   int64_t dv = 0;
 };
 
+// The gather kernels' plan for a topology (the band kernels with each block's columns
+// gathered): per block of L rows the sorted union of its rows' columns, in which each
+// row's columns are a contiguous run. Built per call by the launcher (attention_cpu.cc).
+struct AttnGatherPlan {
+  const int32_t* block_start = nullptr;    // [blocks]: block b's union starts at
+  const int32_t* cols = nullptr;           //   cols + block_start[b] (a block whose union
+                                           //   equals the previous one's shares it)
+  const int32_t* row_first = nullptr;      // [m]: the index in its block's union of the
+                                           //   row's first column (0 for an empty row)
+  int64_t max_cols = 0;                    // the longest union
+};
+
 // Item `item` of the row kernels' (batch entry, row position) space over m row
 // positions. The flat batch entries are [outer, inner] with `inner` of them
 // interleaving their rows (the heads of the API's [batch, seq, heads, d]): items run

@@ -1,13 +1,16 @@
 """The band split of a fused attention topology: most of its entries as a band the
-CPU band kernels take, the rest as a second topology for the row kernels.
+CPU band kernels take, the rest as a second topology (for the gather kernels where
+they take it, else the row kernels).
 
 The band kernels (csrc/attention, float32 under AVX2 and AVX-512) take topologies
 whose rows are contiguous column ranges with non-decreasing ends, dense in blocks
-of 8 or 16 rows; any other topology runs the row kernels, which cost several times
-more per entry. The patterns of sparse-attention models are mostly a band plus a
+of 8 or 16 rows; as the gather kernels they also take topologies whose rows, in each
+block, are contiguous runs of the block's union of columns (BigBird's blocks, which
+then run whole, unsplit). Any other topology runs the row kernels, which cost
+several times more per entry. The patterns of sparse-attention models are mostly a band plus a
 few scattered entries per row: local + strided (Child et al. 2019), Longformer's
 window + global tokens, BigBird's sliding blocks + random + global ones. Split in
-two, the band runs on the band kernels and only the rest on the row kernels:
+two, the band runs on the band kernels and only the rest on the gather or row kernels:
 
 - forward: each part gives its output and log-sum-exp; with `w_i = exp(lse_i -
   lse)`, `lse = logaddexp(lse_1, lse_2)`, the output is `w_1 out_1 + w_2 out_2`
@@ -86,11 +89,36 @@ class _Length:
     self.shape, self.ndim = (length,), 1
 
 
+def gathers_whole(row_offsets: np.ndarray, column_indices: np.ndarray, shape,
+                  lanes: int) -> bool:
+  """Whether the CPU gather kernels take the whole topology (AttnGatherBuild in
+  csrc/attention/attention_cpu.cc): in each block of `lanes` rows every row's columns
+  are a contiguous run of the block's sorted union of columns, and the blocks' lanes x
+  union hold at most `_MAX_AREA` positions per entry (BigBird's blocks of a multiple of
+  `lanes`). Such a topology runs faster in one call than split."""
+  m, n = shape
+  ro = np.asarray(row_offsets, np.int64)
+  nnz = int(ro[m]) if m > 0 else 0
+  if (m <= 0 or n <= 0 or nnz <= 0 or lanes <= 0
+      or os.environ.get("JAXSPARSE_CPU_ATTN_GATHER", "") == "0"):
+    return False
+  row = np.repeat(np.arange(m), np.diff(ro))
+  block = row // lanes
+  keys = block * n + np.asarray(column_indices[:nnz], np.int64)
+  union, index = np.unique(keys, return_inverse=True)
+  if lanes * union.shape[0] > _MAX_AREA * nnz:
+    return False
+  index = index.reshape(-1) - np.searchsorted(union, block * n)  # within the block's union
+  same_row = row[1:] == row[:-1]
+  return bool(np.all(index[1:][same_row] == index[:-1][same_row] + 1))
+
+
 def split_host(row_offsets: np.ndarray, column_indices: np.ndarray, shape, lanes: int):
   """The band split of the topology (`row_offsets` [m + 1], `column_indices` [>= nnz],
   host arrays) as numpy (band data, rest data, band positions, rest positions), or
   None where it gains nothing: a row without entries, no band of blocks of `lanes`
-  rows dense enough, a band of under a quarter of the entries, or no rest.
+  rows dense enough, a band of under a quarter of the entries, no rest, or a topology
+  the gather kernels take whole (`gathers_whole`).
 
   Each row's band is its run of consecutive columns through the diagonal (`row * n /
   m`; else its longest run, the nearest the diagonal of equal ones), then cut so that
@@ -141,6 +169,8 @@ def split_host(row_offsets: np.ndarray, column_indices: np.ndarray, shape, lanes
     return (pack_host(_derive(np, part_ro, ci[sel], m, n)),
             np.flatnonzero(sel).astype(np.int32))
 
+  if gathers_whole(row_offsets, column_indices, shape, lanes):
+    return None
   band, band_pos = part(in_band)
   rest, rest_pos = part(~in_band)
   return band, rest, band_pos, rest_pos
