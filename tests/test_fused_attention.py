@@ -508,6 +508,19 @@ def _check_band(rng, monkeypatch, topo, d, dv, kw, passes):
   assert any(not np.array_equal(a, b) for a, b in zip(band, rows))
 
 
+def _band_opts(rng, opts, m, n, seed):
+  """The attention keywords of a band or gather kernel case: "plain", "is_causal", "mask"
+  (a random keep mask per batch entry) or "dropout" (a key mask and dropout)."""
+  if opts == "is_causal":
+    return dict(is_causal=True)
+  if opts == "mask":
+    return dict(mask=jnp.asarray(rng.random((2, 1, m, n)) < 0.7))
+  if opts == "dropout":
+    return dict(mask=jnp.asarray(rng.random((2, 1, 1, n)) < 0.8), dropout_rate=0.25,
+                dropout_rng=jax.random.key(seed))
+  return {}
+
+
 @pytest.mark.parametrize("t,window,d,dv,causal_topology,opts", [
     (200, 24, 64, 64, False, "plain"),        # whole blocks, constant-stride products
     (75, 20, 40, 40, False, "plain"),         # a partial last block, run-time stride
@@ -523,15 +536,7 @@ def test_band_kernels(rng, monkeypatch, t, window, d, dv, causal_topology, opts,
   mask and dropout draw) and against the row kernels."""
   _needs_band_kernels()
   topo = patterns.local(t, window, causal=causal_topology)
-  kw = {}
-  if opts == "is_causal":
-    kw = dict(is_causal=True)
-  elif opts == "mask":
-    kw = dict(mask=jnp.asarray(rng.random((2, 1, t, t)) < 0.7))
-  elif opts == "dropout":
-    kw = dict(mask=jnp.asarray(rng.random((2, 1, 1, t)) < 0.8), dropout_rate=0.25,
-              dropout_rng=jax.random.key(5))
-  _check_band(rng, monkeypatch, topo, d, dv, kw, passes)
+  _check_band(rng, monkeypatch, topo, d, dv, _band_opts(rng, opts, t, t, 5), passes)
 
 
 @pytest.mark.parametrize("passes", ["1", "2"])
@@ -635,15 +640,7 @@ def test_gather_kernels(rng, monkeypatch, name, opts, passes):
   one batch entry per item) and in two."""
   _needs_band_kernels()
   topo = _gather_topology(rng, name)
-  m, n = topo.shape
-  kw = {}
-  if opts == "is_causal":
-    kw = dict(is_causal=True)
-  elif opts == "mask":
-    kw = dict(mask=jnp.asarray(rng.random((2, 1, m, n)) < 0.7))
-  elif opts == "dropout":
-    kw = dict(mask=jnp.asarray(rng.random((2, 1, 1, n)) < 0.8), dropout_rate=0.25,
-              dropout_rng=jax.random.key(7))
+  kw = _band_opts(rng, opts, *topo.shape, 7)
   _check_band(rng, monkeypatch, topo, 32, 24, kw, passes)
   args, _, f, g = _band_case(np.random.default_rng(1), 32, 24, topo, **kw)
   band, rows = _band_and_rows(monkeypatch, f, g, args)
