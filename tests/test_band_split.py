@@ -249,3 +249,34 @@ def test_row_kernel_item_order_changes_no_bit(rng, monkeypatch, layout):
     res[order] = [np.asarray(f(q, k, v))] + [np.asarray(x) for x in g(q, k, v)]
   for a, b in zip(res["1"], res["0"]):
     assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("layout,dtype,d,causal", [
+    ("api", jnp.float32, 16, False), ("gqa", jnp.float32, 40, True),
+    ("broadcast", jnp.bfloat16, 32, False), ("api", jnp.float32, 72, True)])
+def test_row_kernel_stored_weights_change_no_bit(rng, monkeypatch, layout, dtype, d, causal):
+  """The row kernels' backward stores each entry's two weights in pass 1 for pass 2
+  where they fit JAXSPARSE_CPU_ATTN_BWD_WEIGHTS bytes (read per call; 0: never), and
+  recomputes them otherwise. The weights are the same values, taken in the same order,
+  so dq, dk and dv are bitwise equal, with masks, dropout and causal rows too."""
+  m, n = 41, 37
+  mask = rng.random((m, n)) < 0.3
+  mask[[4, 20]] = False
+  mask[:, 7] = False
+  topo = js.CSR.from_mask(mask)
+  heads, kv_heads = (6, 2) if layout == "gqa" else (3, 3)
+  q = jnp.asarray(rng.standard_normal((2, m, heads, d)), dtype)
+  k = jnp.asarray(rng.standard_normal((1 if layout == "broadcast" else 2, n, kv_heads, d)), dtype)
+  v = jnp.asarray(rng.standard_normal((2, n, kv_heads, d)), dtype)
+  ct = jnp.asarray(rng.standard_normal((2, m, heads, d)), dtype)
+  kw = dict(mask=jnp.asarray(rng.random((2, heads, m, n)) < 0.8), dropout_rate=0.2,
+            dropout_rng=jax.random.key(1), broadcast_dropout=False, is_causal=causal)
+  g = jax.jit(jax.grad(lambda q, k, v: jnp.sum((_fused(topo, **kw)(q, k, v) * ct).astype(
+      jnp.float32)), argnums=(0, 1, 2)))
+  res = {}
+  for limit in ("1e12", "0"):
+    monkeypatch.setenv("JAXSPARSE_CPU_ATTN_BWD_WEIGHTS", limit)
+    res[limit] = [np.asarray(x.astype(jnp.float32)) for x in g(q, k, v)]
+  for a, b in zip(res["1e12"], res["0"]):
+    assert np.all(np.isfinite(a)) and np.any(a != 0)
+    assert np.array_equal(a, b)

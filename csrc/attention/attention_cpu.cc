@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -251,6 +252,8 @@ bool AttnGatherBuild(const AttnTopology& t, int64_t lanes, AttnGather* out) {
   return true;
 }
 
+constexpr double kAttnBwdWeightsBytes = 4.0 * 1024 * 1024;
+
 // Zeros dk and dv (the single-pass backward accumulates into them in place).
 template <typename T>
 void ZeroKeyGrads(const AttnBwdArgs<T>& a) {
@@ -260,6 +263,16 @@ void ZeroKeyGrads(const AttnBwdArgs<T>& a) {
       std::memset(a.dv_out.Row(bb, c), 0, sizeof(T) * a.dv);
     }
   }
+}
+
+// The most bytes of per-entry weights the row kernels' backward stores for its
+// pass 2 (NOTES change 52): gains were measured up to 3 MiB; at 10 MiB (d = 64) it
+// lost 8 %, and at 16 MiB per head (change 36) recomputing was clearly cheaper. JAXSPARSE_CPU_ATTN_BWD_WEIGHTS=<bytes> sets it
+// (0: never), read per call for A/B runs and tests.
+double AttnBwdWeightsBytes() {
+  const char* env = std::getenv("JAXSPARSE_CPU_ATTN_BWD_WEIGHTS");
+  if (env != nullptr && env[0] != '\0') return std::strtod(env, nullptr);
+  return kAttnBwdWeightsBytes;
 }
 
 int64_t MaxRowLength(const AttnTopology& t) {
@@ -359,13 +372,23 @@ int AttentionBwdCpu(const AttnBwdArgs<T>& a, const TaskRunner* runner) {
     }
     return 0;
   }
-  if (a.topo.m > 0) {
-    ParallelFor(runner, a.batch * a.topo.m, row_work,
-                [&](int64_t begin, int64_t end) { BwdRowItems<T>(a, begin, end); });
+  // The row kernels. Where both passes have rows and the entries' weights fit
+  // AttnBwdWeightsBytes, pass 1 stores them for pass 2 (the register-blocked kernels;
+  // the others recompute).
+  AttnBwdArgs<T> b = a;
+  std::unique_ptr<Accum<T>[]> weights;
+  const double weights_bytes = 2.0 * sizeof(Accum<T>) * nnz * static_cast<double>(a.batch);
+  if (a.topo.m > 0 && a.t_topo.m > 0 && nnz > 0 && weights_bytes <= AttnBwdWeightsBytes()) {
+    weights.reset(new Accum<T>[static_cast<size_t>(weights_bytes / sizeof(Accum<T>))]);
+    b.weights = weights.get();
   }
-  if (a.t_topo.m > 0) {
-    ParallelFor(runner, a.batch * a.t_topo.m, col_work,
-                [&](int64_t begin, int64_t end) { BwdColItems<T>(a, begin, end); });
+  if (b.topo.m > 0) {
+    ParallelFor(runner, b.batch * b.topo.m, row_work,
+                [&](int64_t begin, int64_t end) { BwdRowItems<T>(b, begin, end); });
+  }
+  if (b.t_topo.m > 0) {
+    ParallelFor(runner, b.batch * b.t_topo.m, b.weights != nullptr ? col_work / 2 : col_work,
+                [&](int64_t begin, int64_t end) { BwdColItems<T>(b, begin, end); });
   }
   return 0;
 }

@@ -90,6 +90,11 @@ struct AttnBwdArgs {
   int64_t batch_inner = 1;     // the row kernels' item order (AttnItemAt)
   int64_t d = 0;
   int64_t dv = 0;
+  // [batch, nnz, 2] or null: the register-blocked row kernels' pass 1 stores each
+  // entry's two weights (p times the dropout multiplier, and ds) at
+  // [bb][stored position], and their pass 2 reads them instead of recomputing the
+  // logits (set by the launcher only where it fits in cache: AttnBwdWeightsBytes).
+  Accum<T>* weights = nullptr;
 };
 
 // The gather kernels' plan for a topology (the band kernels with each block's columns
