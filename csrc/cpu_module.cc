@@ -7,7 +7,9 @@
 
 extern "C" {
 XLA_FFI_Error* JaxsparseSpmmCpu(XLA_FFI_CallFrame* call_frame);
+XLA_FFI_Error* JaxsparseSpmmNtCpu(XLA_FFI_CallFrame* call_frame);
 XLA_FFI_Error* JaxsparseSddmmCpu(XLA_FFI_CallFrame* call_frame);
+XLA_FFI_Error* JaxsparseSddmmTnCpu(XLA_FFI_CallFrame* call_frame);
 XLA_FFI_Error* JaxsparseSoftmaxCpu(XLA_FFI_CallFrame* call_frame);
 XLA_FFI_Error* JaxsparseSoftmaxGradCpu(XLA_FFI_CallFrame* call_frame);
 XLA_FFI_Error* JaxsparsePermuteCpu(XLA_FFI_CallFrame* call_frame);
@@ -29,7 +31,9 @@ PYBIND11_MODULE(_jaxsparse_cpu, m) {
   m.def("registrations", []() {
     pybind11::dict d;
     d["jaxsparse_spmm_cpu"] = EncapsulateHandler(JaxsparseSpmmCpu);
+    d["jaxsparse_spmm_nt_cpu"] = EncapsulateHandler(JaxsparseSpmmNtCpu);
     d["jaxsparse_sddmm_cpu"] = EncapsulateHandler(JaxsparseSddmmCpu);
+    d["jaxsparse_sddmm_tn_cpu"] = EncapsulateHandler(JaxsparseSddmmTnCpu);
     d["jaxsparse_softmax_cpu"] = EncapsulateHandler(JaxsparseSoftmaxCpu);
     d["jaxsparse_softmax_grad_cpu"] = EncapsulateHandler(JaxsparseSoftmaxGradCpu);
     d["jaxsparse_permute_cpu"] = EncapsulateHandler(JaxsparsePermuteCpu);

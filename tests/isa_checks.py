@@ -1,6 +1,7 @@
 """Every CPU kernel on the instruction set forced by JAXSPARSE_CPU_ISA (run by
 test_fused_attention.test_other_instruction_sets in a subprocess, since the ISA is
-chosen once per process). Compares spmm, sddmm, sparse_softmax and fused attention
+chosen once per process). Compares spmm, sddmm, their tokens-major forms (spmm_nt,
+sddmm_tn), sparse_softmax and fused attention
 (forward with a mask against the oracle; gradients with a mask and dropout against
 the unfused path) with float64 numpy oracles in float32, float64 and
 bfloat16, on shapes that hit the vector paths and their scalar tails. Prints
@@ -17,6 +18,8 @@ jax.config.update("jax_enable_x64", True)
 
 import jaxsparse as js  # noqa: E402  (the caller puts the tested package on PYTHONPATH)
 from jaxsparse import testing as T  # noqa: E402
+from jaxsparse._src.sddmm import sddmm_tn as sddmm_tn_fn  # noqa: E402
+from jaxsparse._src.spmm import spmm_nt as spmm_nt_fn  # noqa: E402
 
 
 def attention_oracle(q, k, v, mask):
@@ -33,6 +36,8 @@ def attention_oracle(q, k, v, mask):
 spmm = jax.jit(js.spmm)
 sddmm = jax.jit(lambda lhs, rhs, a: js.sddmm(lhs, rhs, a).values)
 softmax = jax.jit(lambda a: js.sparse_softmax(a).values)
+spmm_nt = jax.jit(spmm_nt_fn)
+sddmm_tn = jax.jit(lambda lhs, rhs, a: sddmm_tn_fn(lhs, rhs, a).values)
 sdpa = jax.jit(js.sparse_dot_product_attention)
 
 
@@ -57,6 +62,11 @@ def main():
       rhs = jnp.asarray(rng.standard_normal((k, n)), dtype)
       vals, scale = T.sddmm_oracle(lhs, rhs, a)
       T.assert_close(sddmm(lhs, rhs, a), vals, scale, dtype, f"sddmm {isa}")
+      # Tokens major: x [n, k] @ a.T (8 x 8 transposed blocks and their edges), and
+      # the SDDMM of lhs.T [m, n] and rhs.T [k, n] over tiles of n.
+      T.assert_close(sddmm_tn(lhs.T, rhs.T, a), vals, scale, dtype, f"sddmm_tn {isa}")
+      want, scale = T.spmm_oracle(a, b)
+      T.assert_close(spmm_nt(a, b.T), want.T, scale.T, dtype, f"spmm_nt {isa}")
       if dtype == jnp.bfloat16:  # vector bf16 stores: the same bits as XLA's rounding
         ref = spmm(a.with_values(a.values.astype(np.float32)), b.astype(np.float32))
         assert np.array_equal(np.asarray(spmm(a, b)).view(np.uint16),

@@ -115,6 +115,27 @@ def spmm_shared_values_data_parallel():
 
 
 @check
+def spmm_nt_token_split():
+  # x @ a.T (a sparse linear layer) with the tokens sharded and the weights
+  # replicated: each device computes its tokens.
+  from jaxsparse._src.spmm import spmm_nt
+  x = _f32(64, K)
+  m = mesh((8,), ("data",))
+  return run(spmm_nt, (A, x), (csr_spec_tree(A, P()), P("data")), P("data"), m)
+
+
+@check
+def spmm_nt_grad_token_split():
+  # The weight gradient of x @ a.T with the tokens sharded contracts the tokens: the
+  # partitioner all-gathers sddmm_tn's operands (README, "Sharding limits").
+  from jaxsparse._src.spmm import spmm_nt
+  x = _f32(64, K)
+  m = mesh((8,), ("data",))
+  g = jax.grad(lambda v, x: jnp.sum(jnp.sin(spmm_nt(A.with_values(v), x))))
+  return run(g, (A.values, x), (P(), P("data")), P(), m)
+
+
+@check
 def spmm_column_split():
   # b's n dim sharded (column split): each device computes its columns.
   b = _f32(K, 64)

@@ -47,6 +47,10 @@ EXPECTED = {
     "attention_heads_sharded": [],
     "attention_data_and_heads_sharded": [],
     "spmm_column_split": [],
+    "spmm_nt_token_split": [],
+    # Its weight gradient contracts the sharded tokens: sddmm_tn's two operands are
+    # all-gathered (README, "Sharding limits"; an all-reduce of nnz values would do).
+    "spmm_nt_grad_token_split": ["all-gather", "all-gather"],
     "spmm_data_and_column_split": [],
     # Gradients w.r.t. sharded activations: nothing.
     "attention_grad_data_parallel": [],

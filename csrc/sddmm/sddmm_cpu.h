@@ -32,6 +32,33 @@ struct SddmmArgs {
 template <typename T>
 int SddmmCpu(const SddmmArgs<T>& args, const TaskRunner* runner);
 
+// The tokens-major form: out[b, j] = sum_i lhs[b, i, r] * rhs[b, i, column_indices[j]]
+// for j in row r, i < n (the SDDMM of lhs^T and rhs^T, the weight gradient of a
+// sparse linear layer from its activations).
+template <typename T>
+struct SddmmTnArgs {
+  const T* lhs = nullptr;        // [Bl, n, m]
+  int64_t lhs_batch_stride = 0;  // 0 (broadcast) or n * m
+  const T* rhs = nullptr;        // [Br, n, k]
+  int64_t rhs_batch_stride = 0;  // 0 (broadcast) or n * k
+  const int32_t* row_offsets = nullptr;     // [m + 1], validated
+  const int32_t* column_indices = nullptr;  // [cap], in [0, k) below row_offsets[m]
+  const int32_t* row_indices = nullptr;     // [m], a permutation, longest row first
+  T* out = nullptr;                         // [batch, cap]
+  int64_t batch = 0;
+  int64_t m = 0;
+  int64_t k = 0;
+  int64_t n = 0;  // tokens: the contracted dim
+  int64_t cap = 0;
+};
+
+// Tiles of tokens are transposed in cache (half types converted to float there
+// once) and run through the SDDMM kernels with d = the tile, their sums added in
+// tile order (float for half types, rounded once). Returns 0, or 1 when its scratch
+// buffer could not be allocated.
+template <typename T>
+int SddmmTnCpu(const SddmmTnArgs<T>& args, const TaskRunner* runner);
+
 }  // namespace cpu
 }  // namespace jaxsparse
 

@@ -31,6 +31,12 @@ struct SpmmArgs {
 template <typename T>
 int SpmmCpu(const SpmmArgs<T>& args, const TaskRunner* runner);
 
+// The tokens-major form, x @ A^T: out[b, i, r] = sum_{j in row r} values[b, j] *
+// dense[b, i, column_indices[j]], with `dense` read as [Bb, n, k] (dense_batch_stride
+// 0 or n * k) and `out` written as [batch, n, m]. Same returns as SpmmCpu.
+template <typename T>
+int SpmmNtCpu(const SpmmArgs<T>& args, const TaskRunner* runner);
+
 }  // namespace cpu
 }  // namespace jaxsparse
 

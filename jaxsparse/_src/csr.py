@@ -424,11 +424,11 @@ class CSR:
     return spmm(self, other)
 
   def __rmatmul__(self, other):
-    from jaxsparse._src.spmm import spmm
+    from jaxsparse._src.spmm import spmm, spmm_nt
     other = jnp.asarray(other)
     if other.ndim == 1:
       return spmm(self.T, other)
-    return jnp.swapaxes(spmm(self.T, jnp.swapaxes(other, -1, -2)), -1, -2)
+    return spmm_nt(self.T, other)  # other @ self = other @ (self.T).T
 
   def __repr__(self):
     try:

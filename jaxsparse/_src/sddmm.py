@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from jax.extend.core import Primitive
-from jax.interpreters import ad, batching
+from jax.interpreters import ad, batching, mlir
 
 from jaxsparse._src import common
 from jaxsparse._src.csr import CSR, Topology, as_topology, batch_shape_of, broadcast_batch, \
@@ -45,6 +45,36 @@ def sddmm(lhs, rhs, topology) -> CSR:
   r3 = broadcast_batch(rhs.astype(dtype), batch, 2)
   out = sddmm_p.bind(l3, r3, *topo.arrays, **topo.params)
   return CSR._from_parts(out.reshape(batch + (topo.cap,)), topo)  # batch () drops the 1
+
+
+def sddmm_tn(lhs, rhs, topology) -> CSR:
+  """The entries of `lhs.T @ rhs` at the nonzeros of `topology` (tokens-major operands).
+
+  The same values as `sddmm(swapaxes(lhs, -1, -2), swapaxes(rhs, -1, -2), topology)`
+  for `lhs` `[*batch_l, n, m]` and `rhs` `[*batch_r, n, k]` with `topology` of shape
+  `[m, k]`: `values[..., j] = sum_i lhs[..., i, row_j] * rhs[..., i, col_j]`, the
+  weight gradient of a sparse linear layer from its output cotangent and inputs.
+  The CPU kernel transposes tiles of `n` in cache instead of XLA transposing the
+  operands.
+  """
+  topo = as_topology(topology, "sddmm_tn")
+  lhs, rhs = jnp.asarray(lhs), jnp.asarray(rhs)
+  dtype = result_float_dtype(("lhs", lhs.dtype), ("rhs", rhs.dtype))
+  m, k = topo.shape
+  if lhs.ndim < 2 or lhs.shape[-1] != m:
+    raise ValueError(f"jaxsparse.sddmm_tn: lhs must be [..., n, m={m}] for a topology of shape "
+                     f"{topo.shape}, got {lhs.shape}")
+  if rhs.ndim < 2 or rhs.shape[-1] != k:
+    raise ValueError(f"jaxsparse.sddmm_tn: rhs must be [..., n, k={k}] for a topology of shape "
+                     f"{topo.shape}, got {rhs.shape}")
+  if lhs.shape[-2] != rhs.shape[-2]:
+    raise ValueError(f"jaxsparse.sddmm_tn: token dims differ: lhs {lhs.shape} and rhs "
+                     f"{rhs.shape} must share dim -2 (n)")
+  batch = batch_shape_of([("lhs", lhs.shape[:-2]), ("rhs", rhs.shape[:-2])])
+  l3 = broadcast_batch(lhs.astype(dtype), batch, 2)
+  r3 = broadcast_batch(rhs.astype(dtype), batch, 2)
+  out = sddmm_tn_p.bind(l3, r3, *topo.arrays, **topo.params)
+  return CSR._from_parts(out.reshape(batch + (topo.cap,)), topo)
 
 
 # -- primitive --------------------------------------------------------------------
@@ -112,3 +142,71 @@ ad.primitive_jvps[sddmm_p] = common.bilinear_jvp(sddmm_p)
 ad.primitive_transposes[sddmm_p] = _sddmm_transpose
 batching.primitive_batchers[sddmm_p] = common.pair_batcher(sddmm_p, "sddmm")
 register_lowerings(sddmm_p, _sddmm_reference, _sddmm_ffi, "sddmm", _SHARDING)
+
+
+# -- the tokens-major form: the SDDMM of lhs^T and rhs^T --------------------------------
+# sddmm_tn(lhs [*B, n, m], rhs [*B, n, k]) -> values [*B, nnz], values[j] =
+# sum_i lhs[i, row_j] rhs[i, col_j]: a sparse linear layer's weight gradient from its
+# activations and output cotangent, without XLA transposing them first.
+sddmm_tn_p = Primitive("jaxsparse_sddmm_tn")
+_TN_SHARDING = ShardingSpec(core=[("d", "m"), ("d", "n")], out_core=("nnz",),
+                            num_topology=common.NUM_TOPOLOGY_ARRAYS)
+
+
+def _sddmm_tn_abstract_eval(lhs, rhs, *topo, shape, transposed):
+  m, k = shape
+  if lhs.ndim < 3 or rhs.ndim != lhs.ndim or lhs.shape[-1] != m or rhs.shape[-1] != k or \
+      lhs.shape[-2] != rhs.shape[-2]:
+    raise ValueError(f"jaxsparse_sddmm_tn: expected lhs [*B, n, {m}] and rhs [*B, n, {k}], got "
+                     f"{lhs.shape} and {rhs.shape}")
+  batch = common.batch_shape(lhs, rhs, core_ndims=(2, 2))
+  cap = Topology(*topo, shape=shape, transposed=transposed).cap
+  return _TN_SHARDING.results((lhs, rhs, *topo), [batch + (cap,)], [lhs.dtype])[0]
+
+
+def _sddmm_tn_reference(lhs, rhs, *topo, shape, transposed):
+  return _sddmm_reference(jnp.swapaxes(lhs, 1, 2), jnp.swapaxes(rhs, 1, 2), *topo, shape=shape,
+                          transposed=transposed)
+
+
+def _sddmm_tn_ffi(lhs, rhs, *topo, shape, transposed, platform):
+  t = Topology(*topo, shape=shape, transposed=transposed)
+  batch = max(lhs.shape[0], rhs.shape[0])
+  out = jax.ShapeDtypeStruct((batch, t.cap), lhs.dtype)
+  return jax.ffi.ffi_call(f"jaxsparse_sddmm_tn_{platform}", out)(
+      lhs, rhs, t.data, segments=t.segments("row_offsets", "column_indices", "row_indices"))
+
+
+def _sddmm_tn_composed(lhs, rhs, *topo, shape, transposed):
+  """Where there is no tokens-major kernel (CUDA): sddmm of the transposes."""
+  return sddmm_p.bind(jnp.swapaxes(lhs, -1, -2), jnp.swapaxes(rhs, -1, -2), *topo, shape=shape,
+                      transposed=transposed)
+
+
+def _sddmm_tn_transpose(ct, lhs, rhs, *topo, shape, transposed):
+  from jaxsparse._src.spmm import spmm_nt_p
+  from jaxsparse._src.transpose import permute_p
+  ct = ad.instantiate_zeros(ct)
+  t = Topology(*topo, shape=shape, transposed=transposed)
+  ct_lhs = ct_rhs = None
+  if ad.is_undefined_primal(lhs):
+    # d lhs = rhs @ S.T, S the sparse cotangent on the topology.
+    ct_lhs = spmm_nt_p.bind(ct, rhs, *topo, shape=shape, transposed=transposed)
+    ct_lhs = common.sum_to_shape(ct_lhs, lhs.aval.shape)
+  if ad.is_undefined_primal(rhs):
+    # d rhs = lhs @ S.
+    ct_t = permute_p.bind(ct, *topo, **t.params)
+    ct_rhs = spmm_nt_p.bind(ct_t, lhs, *t.T.arrays, **t.T.params)
+    ct_rhs = common.sum_to_shape(ct_rhs, rhs.aval.shape)
+  return [ct_lhs, ct_rhs] + [None] * len(topo)
+
+
+common.define_impl(sddmm_tn_p)
+sddmm_tn_p.def_abstract_eval(_sddmm_tn_abstract_eval)
+ad.primitive_jvps[sddmm_tn_p] = common.bilinear_jvp(sddmm_tn_p)
+ad.primitive_transposes[sddmm_tn_p] = _sddmm_tn_transpose
+batching.primitive_batchers[sddmm_tn_p] = common.pair_batcher(sddmm_tn_p, "sddmm_tn")
+register_lowerings(sddmm_tn_p, _sddmm_tn_reference, _sddmm_tn_ffi, "sddmm_tn", _TN_SHARDING,
+                   platforms=("cpu",))
+mlir.register_lowering(sddmm_tn_p, mlir.lower_fun(_sddmm_tn_composed, multiple_results=False),
+                       platform="cuda")

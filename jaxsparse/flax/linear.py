@@ -12,9 +12,9 @@ kept entries of `W`:
   training updates the values and leaves the topology unchanged.
 
 Storage layout: the layer keeps `W^T` (shape `[out, in]`) in CSR and computes
-`y^T = W^T @ x^T`, so the forward pass is ONE `spmm` on the stored topology with
-no transposition of the topology per call (only the dense `x` and `y` are
-transposed). `kernel` therefore holds the values of `W^T` in CSR (row-major
+`y = x @ (W^T)^T`, so the forward pass is ONE `spmm_nt` on the stored topology with
+no transposition of the topology per call (the CPU kernel reads `x` and writes `y`
+in their own `[tokens, features]` layout, transposing tiles in cache). `kernel` therefore holds the values of `W^T` in CSR (row-major
 `[out, in]`) order: `kernel[j]` is `W[topology_t.column_indices[j], row_j]`.
 Use `dense_kernel()` for the dense `[in, out]` equivalent, `mask()` for the
 boolean pattern, `sparse_kernel_t()` for the CSR of `W^T`.
@@ -46,7 +46,7 @@ from flax import nnx
 from flax.nnx.nn import dtypes as nnx_dtypes
 
 from jaxsparse._src.csr import CSR, Topology, row_ids
-from jaxsparse._src.spmm import spmm
+from jaxsparse._src.spmm import spmm_nt
 from jaxsparse.pruning import check_sparsity, kept_count
 
 default_kernel_init = nnx.initializers.lecun_normal()
@@ -145,7 +145,7 @@ def init_kernel_values(key, kernel_init, topology_t: Topology, param_dtype, resc
 
 
 def sparse_linear_apply(x, values, bias, topology_t: Topology, dtype):
-  """`x @ W + b` for `W^T = CSR(values, topology_t)`: one spmm, `y^T = W^T @ x^T`."""
+  """`x @ W + b` for `W^T = CSR(values, topology_t)`: one spmm_nt, `x @ (W^T)^T`."""
   out_features, in_features = topology_t.shape
   x = jnp.asarray(x)
   if x.ndim < 1 or x.shape[-1] != in_features:
@@ -154,8 +154,8 @@ def sparse_linear_apply(x, values, bias, topology_t: Topology, dtype):
   x, values, bias = nnx_dtypes.promote_dtype((x, values, bias), dtype=dtype)
   lead = x.shape[:-1]
   x2 = x.reshape((math.prod(lead), in_features))
-  y_t = spmm(CSR._from_parts(values, topology_t), x2.T)          # [out, n]
-  y = y_t.T.reshape(lead + (out_features,))
+  y = spmm_nt(CSR._from_parts(values, topology_t), x2)           # [n, out]
+  y = y.reshape(lead + (out_features,))
   if bias is not None:
     y = y + bias
   return y
@@ -188,7 +188,7 @@ class SparseLinear(nnx.Module):
   of `sparsity` and `topology`.
 
   Inputs are `[..., in_features]`; leading dims are flattened into one for a
-  single spmm and restored.
+  single spmm_nt and restored.
   """
 
   def __init__(self, in_features: int, out_features: int, *, sparsity: float | None = None,

@@ -4,7 +4,7 @@ Same computation, storage and initialization as the NNX layer (see
 `jaxsparse.flax.linear`): the kernel `W` (`[in_features, out_features]`) is
 stored as `W^T` in CSR; the trainable values are the param `"kernel"` of shape
 `[nnz]` (CSR order of `W^T`), the optional bias is the param `"bias"`, and the
-forward pass is one spmm, `y^T = W^T @ x^T`.
+forward pass is one spmm_nt, `y = x @ (W^T)^T`.
 
 The topology is not a variable: it is fixed when the module is constructed,
 either given (`topology=`, a CSR/Topology of shape `[in, out]`) or drawn
