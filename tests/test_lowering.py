@@ -30,6 +30,20 @@ def test_cuda_lowering_is_wired(rng):
     assert f"jaxsparse_{op}_cuda" in text, op
 
 
+def test_tokens_major_ops_lower_for_cuda_through_spmm_and_sddmm(rng):
+  # spmm_nt and sddmm_tn have CPU kernels only; on CUDA they lower to the spmm and
+  # sddmm kernels between XLA transposes (forward and backward).
+  from jaxsparse._src.spmm import spmm_nt
+  a = jst.random_csr(rng, 16, 12, 0.3)
+  g = jax.jit(jax.grad(lambda v, x: jnp.sin(spmm_nt(a.with_values(v), x)).sum(), argnums=(0, 1)))
+  text = g.trace(a.values, jnp.ones((8, 12), jnp.float32)).lower(
+      lowering_platforms=("cuda",)).as_text()
+  if not ffi.has_kernels("cuda"):
+    pytest.fail("jaxsparse was built without the CUDA extension (nvcc missing?)")
+  assert "jaxsparse_spmm_cuda" in text and "jaxsparse_sddmm_cuda" in text
+  assert "_nt_" not in text and "_tn_" not in text
+
+
 def test_reference_matches_kernels(rng):
   # The jnp reference (default lowering on platforms without kernels) and the
   # platform kernels compute the same thing.
@@ -50,6 +64,15 @@ def test_reference_matches_kernels(rng):
   np.testing.assert_allclose(jax.jit(_softmax_reference, static_argnames=("shape", "transposed"))(
       a.values, *t, **tp), sparse_softmax_p.bind(a.values, *t, **tp),
       rtol=1e-6, atol=1e-7)
+  # The tokens-major forms.
+  from jaxsparse._src.sddmm import _sddmm_tn_reference, sddmm_tn_p
+  from jaxsparse._src.spmm import _spmm_nt_reference, spmm_nt_p
+  x = jnp.swapaxes(b, 1, 2)
+  np.testing.assert_allclose(jax.jit(_spmm_nt_reference, static_argnames=("shape", "transposed"))(
+      a.values, x, *t, **tp), spmm_nt_p.bind(a.values, x, *t, **tp), rtol=1e-5, atol=1e-5)
+  lt, rt = jnp.swapaxes(l, 1, 2), jnp.swapaxes(r, 1, 2)
+  np.testing.assert_allclose(jax.jit(_sddmm_tn_reference, static_argnames=("shape", "transposed"))(
+      lt, rt, *t, **tp), sddmm_tn_p.bind(lt, rt, *t, **tp), rtol=1e-5, atol=1e-5)
   # The transposed view of the same packed topology (a.T's values on it).
   tt = a.topology.T
   vt = jnp.take(a.values, a.topology.t_perm, axis=-1)
