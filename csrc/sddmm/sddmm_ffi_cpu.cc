@@ -64,37 +64,30 @@ ffi::Error SddmmAnyCpu(ffi::ThreadPool pool, ffi::AnyBuffer lhs, ffi::AnyBuffer 
 
   FfiTaskRunner runner(pool);
   JAXSPARSE_CPU_DISPATCH(dtype, op, "result", T, {
+    auto fill = [&](auto& args) {  // the fields SddmmArgs and SddmmTnArgs share
+      args.lhs = static_cast<const T*>(lhs.untyped_data());
+      args.lhs_batch_stride = lhs_stride;
+      args.rhs = static_cast<const T*>(rhs.untyped_data());
+      args.rhs_batch_stride = rhs_stride;
+      args.row_offsets = offsets;
+      args.column_indices = columns;
+      args.row_indices = rows;
+      args.out = static_cast<T*>(out->untyped_data());
+      args.batch = batch;
+      args.m = m;
+      args.cap = cap;
+    };
     int rc = 0;
     if (tokens_major) {
       cpu::SddmmTnArgs<T> args;
-      args.lhs = static_cast<const T*>(lhs.untyped_data());
-      args.lhs_batch_stride = lhs_stride;
-      args.rhs = static_cast<const T*>(rhs.untyped_data());
-      args.rhs_batch_stride = rhs_stride;
-      args.row_offsets = offsets;
-      args.column_indices = columns;
-      args.row_indices = rows;
-      args.out = static_cast<T*>(out->untyped_data());
-      args.batch = batch;
-      args.m = m;
+      fill(args);
       args.k = n;
       args.n = d;
-      args.cap = cap;
       rc = cpu::SddmmTnCpu<T>(args, &runner);
     } else {
       cpu::SddmmArgs<T> args;
-      args.lhs = static_cast<const T*>(lhs.untyped_data());
-      args.lhs_batch_stride = lhs_stride;
-      args.rhs = static_cast<const T*>(rhs.untyped_data());
-      args.rhs_batch_stride = rhs_stride;
-      args.row_offsets = offsets;
-      args.column_indices = columns;
-      args.row_indices = rows;
-      args.out = static_cast<T*>(out->untyped_data());
-      args.batch = batch;
-      args.m = m;
+      fill(args);
       args.d = d;
-      args.cap = cap;
       rc = cpu::SddmmCpu<T>(args, &runner);
     }
     if (rc != 0) {
