@@ -181,8 +181,11 @@ struct Avx2Ops {
   JAXSPARSE_AVX2_FN __m256i MaskN(int n) {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
   }
+  // Eight scalar loads put together, not vgatherdps: on the Zen 3 (microcoded
+  // gathers) an SpMV row loop ran 1.3-1.7x faster so (benchmarks/NOTES.md change 54).
   JAXSPARSE_AVX2_FN V Gather(const float* p, const int32_t* idx) {
-    return _mm256_i32gather_ps(p, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(idx)), 4);
+    return _mm256_setr_ps(p[idx[0]], p[idx[1]], p[idx[2]], p[idx[3]], p[idx[4]], p[idx[5]],
+                          p[idx[6]], p[idx[7]]);
   }
   JAXSPARSE_AVX2_FN V LoadN(const float* p, int n) { return _mm256_maskload_ps(p, MaskN(n)); }
   JAXSPARSE_AVX2_FN void StoreN(float* p, V v, int n) { _mm256_maskstore_ps(p, MaskN(n), v); }

@@ -35,6 +35,7 @@ struct SpmmPlan {
   int64_t num_col_blocks;
   int64_t col_begin = 0;       // SpmmItems covers columns [col_begin, n)
   bool prefetch = true;        // SpmmItems issues software prefetches of dense rows
+  bool natural_order = false;  // SpmmItems takes rows 0, 1, ... instead of row_indices' order
   // k-blocked path (SpmmBlockedItems): strips of the full strip width from column 0.
   int64_t num_strips = 0;
   int64_t row_block = 0;
@@ -70,6 +71,14 @@ constexpr int64_t kPackMinUses = 32;
 // 592-676 us without against 741-800 with; 512 x 2048 x 2048 (a 1 MiB panel) was
 // faster with the prefetch.
 constexpr int64_t kL1WayBytes = 4096;
+// Rows whose dense-operand reads are this narrow (SpMV and a few columns) go in
+// storage order, not longest first: the values and column indices then stream
+// sequentially, which the hardware prefetcher follows, and there is too little work
+// per row for the order's load balance to matter (the chunks are claimed
+// dynamically). Measured on the Zen 3 (benchmarks/NOTES.md change 54): 1000 x 2048
+// at 10 %, N = 1, 151 us longest first against 117 us in storage order on one thread;
+// N = 16 1.1-1.2x; N = 64 no better.
+constexpr int64_t kNaturalOrderRowBytes = 64;
 
 template <typename T>
 void RunBlockedItems(Isa isa, const SpmmArgs<T>& a, const SpmmPlan<T>& plan, int64_t begin,
@@ -281,6 +290,7 @@ int SpmmCpu(const SpmmArgs<T>& a, const TaskRunner* runner) {
   }
   const int64_t panel_bytes = std::max<int64_t>(a.k, 1) * plan.col_block * elem;
   plan.prefetch = (plan.ldb * elem) % kL1WayBytes != 0 || panel_bytes > kPanelBytes;
+  plan.natural_order = a.n * elem <= kNaturalOrderRowBytes;
   const int64_t num_items = a.batch * plan.num_col_blocks * a.m;
   const double work = (2.0 * static_cast<double>(nnz) + a.m) * static_cast<double>(a.n) * a.batch;
   ParallelFor(runner, num_items, work, [&](int64_t begin, int64_t end) {
