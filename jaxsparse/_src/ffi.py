@@ -72,11 +72,14 @@ class ShardingSpec:
   (the same factor name in two places means the same index, as in an einsum),
   every other core factor is kept whole on each device. Batch dims are always
   shardable. `out_core` is one tuple of factors, or a list of them for a
-  primitive with several results (each `[*batch, *out_core[i]]`). See
-  "Sharding" in DESIGN.md.
+  primitive with several results (each `[*batch, *out_core[i]]`). A factor in
+  `reduced` is a contraction (in the operands, not the results) that may be
+  sharded too: each device computes the partial result of its slice and the
+  partial results are summed over the factor's mesh axes (one all-reduce of the
+  result). See "Sharding" in DESIGN.md.
   """
 
-  def __init__(self, core, out_core, shardable=(), num_topology=0):
+  def __init__(self, core, out_core, shardable=(), num_topology=0, reduced=()):
     self.core = tuple(tuple(c) for c in core)
     self.multiple_results = bool(out_core) and isinstance(out_core[0], (tuple, list))
     if self.multiple_results:
@@ -84,6 +87,7 @@ class ShardingSpec:
     else:
       self.out_cores = (tuple(out_core),)
     self.shardable = frozenset(shardable)
+    self.reduced = tuple(reduced)
     self.num_topology = num_topology
 
   def results(self, operands, shapes, dtypes):

@@ -79,8 +79,9 @@ def sddmm_tn(lhs, rhs, topology) -> CSR:
 
 # -- primitive --------------------------------------------------------------------
 sddmm_p = Primitive("jaxsparse_sddmm")
+# d, the contraction, may be sharded: each device's partial values, then one all-reduce.
 _SHARDING = ShardingSpec(core=[("m", "d"), ("n", "d")], out_core=("nnz",),
-                         num_topology=common.NUM_TOPOLOGY_ARRAYS)
+                         num_topology=common.NUM_TOPOLOGY_ARRAYS, reduced=("d",))
 
 
 # -- abstract eval ----------------------------------------------------------------
@@ -149,8 +150,10 @@ register_lowerings(sddmm_p, _sddmm_reference, _sddmm_ffi, "sddmm", _SHARDING)
 # sum_i lhs[i, row_j] rhs[i, col_j]: a sparse linear layer's weight gradient from its
 # activations and output cotangent, without XLA transposing them first.
 sddmm_tn_p = Primitive("jaxsparse_sddmm_tn")
+# The tokens (d here) may be sharded (data parallel): each device's partial weight
+# gradient, then one all-reduce of the nnz values.
 _TN_SHARDING = ShardingSpec(core=[("d", "m"), ("d", "n")], out_core=("nnz",),
-                            num_topology=common.NUM_TOPOLOGY_ARRAYS)
+                            num_topology=common.NUM_TOPOLOGY_ARRAYS, reduced=("d",))
 
 
 def _sddmm_tn_abstract_eval(lhs, rhs, *topo, shape, transposed):

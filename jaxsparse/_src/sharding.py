@@ -4,13 +4,19 @@ the primitive's `ShardingSpec` (see "Sharding" in DESIGN.md).
 
 - Batch dims of the dense operands and the result are free (shardable) factors.
 - Core dims are free only where the spec says so (SpMM's `n`); the others
-  (nnz, m, k, d) must be whole on each device.
+  (nnz, m, k) must be whole on each device.
+- A reduced factor (SDDMM's contraction `d`: the tokens of a sparse linear
+  layer's weight gradient under data parallelism) may be sharded when its size
+  divides evenly: each device computes the partial values of its slice and they
+  are summed over its mesh axes, one all-reduce of the nnz values (half types
+  summed in float32).
 - The topology arrays are always replicated.
 - A batch dim of size 1 in an operand (broadcast against B) is its own,
   replicated, factor.
 
 The per-device computation is the primitive's own lowering (kernel or
-reference) on the local shards: no collective is ever inserted inside. When a
+reference) on the local shards; the only collective inserted inside is the
+all-reduce of a sharded reduced factor. When a
 user shards a dim that must be whole (say the nnz of `values`), the
 partitioner reshards that operand (an all-gather): the fallback, never an
 error.
@@ -70,8 +76,17 @@ def factors(spec, avals_in, avals_out):
     ops.append((f"t{i}",))
   outs = [tuple(f"b{j}" for j in range(nb)) + tuple(f"c_{c}" for c in oc)
           for oc in spec.out_cores]
-  shardable = {f"b{j}" for j in range(nb)} | {f"c_{c}" for c in spec.shardable}
+  shardable = ({f"b{j}" for j in range(nb)} | {f"c_{c}" for c in spec.shardable}
+               | reduced_factors(spec))
   return ops, outs, shardable
+
+
+def reduced_factors(spec) -> frozenset:
+  return frozenset(f"c_{c}" for c in spec.reduced)
+
+
+def factor_sizes(ops, avals) -> dict:
+  return {f: d for fs, a in zip(ops, avals) for f, d in zip(fs, a.shape)}
 
 
 def _rule_string(ops, outs):
@@ -85,10 +100,13 @@ def _axes(entry):
   return tuple(entry) if isinstance(entry, (tuple, list)) else (entry,)
 
 
-def choose_shardings(mesh, ops, outs, shardable, arg_shardings, result_shardings):
+def choose_shardings(mesh, ops, outs, shardable, arg_shardings, result_shardings,
+                     reduced=frozenset(), sizes=None):
   """Per-operand and per-result PartitionSpecs: each free factor takes the mesh
   axes it has in the first operand (then result) that shards it; no mesh axis is
-  used twice; every other factor is replicated."""
+  used twice; every other factor is replicated. A reduced factor is sharded only
+  where its size (`sizes`) divides evenly over its axes: a padded slice would add
+  the padding into the sum."""
   chosen: dict[str, tuple] = {}
   used: set = set()
   if not isinstance(result_shardings, (tuple, list)):
@@ -100,6 +118,8 @@ def choose_shardings(mesh, ops, outs, shardable, arg_shardings, result_shardings
     for f, entry in zip(fs, tuple(spec) + (None,) * (len(fs) - len(spec))):
       axes = _axes(entry)
       if f not in shardable or f in chosen or not axes or used & set(axes):
+        continue
+      if f in reduced and (sizes is None or sizes[f] % math.prod(mesh.shape[x] for x in axes)):
         continue
       chosen[f] = axes
       used |= set(axes)
@@ -114,6 +134,33 @@ def choose_shardings(mesh, ops, outs, shardable, arg_shardings, result_shardings
   return [pspec(fs) for fs in ops], [pspec(fs) for fs in outs]
 
 
+def reduction_axes(ops, in_specs, reduced) -> tuple:
+  """The mesh axes the chosen operand specs give the reduced factors, in order."""
+  axes: dict = {}
+  for fs, ps in zip(ops, in_specs):
+    for f, entry in zip(fs, tuple(ps)):
+      if f in reduced:
+        axes.update(dict.fromkeys(_axes(entry)))
+  return tuple(axes)
+
+
+def summed(fun, axes):
+  """`fun` whose results are summed over the mesh `axes` (the partial results of a
+  sharded contraction); half types are summed in float32 and rounded once."""
+  if not axes:
+    return fun
+
+  def psum(y):
+    if jnp.dtype(y.dtype).itemsize < 4 and jnp.issubdtype(y.dtype, jnp.floating):
+      return jax.lax.psum(y.astype(jnp.float32), axes).astype(y.dtype)
+    return jax.lax.psum(y, axes)
+
+  def reduced_fun(*xs):
+    return jax.tree.map(psum, fun(*xs))
+
+  return reduced_fun
+
+
 def result_avals(spec, operands, shapes, dtypes):
   """See `ShardingSpec.results`: the results' specs are those `choose_shardings`
   picks from the operands' specs, as the partitioner does when it lowers."""
@@ -124,7 +171,8 @@ def result_avals(spec, operands, shapes, dtypes):
     return [like.update(shape=a.shape, dtype=a.dtype) for a in plain]
   ops, outs, shardable = factors(spec, operands, plain)
   _, out_specs = choose_shardings(sh.mesh, ops, outs, shardable,
-                                  [getattr(x, "sharding", None) for x in operands], None)
+                                  [getattr(x, "sharding", None) for x in operands], None,
+                                  reduced_factors(spec), factor_sizes(ops, operands))
   return [like.update(shape=a.shape, dtype=a.dtype, sharding=NamedSharding(sh.mesh, ps))
           for a, ps in zip(plain, out_specs)]
 
@@ -149,7 +197,7 @@ def _explicit_mesh(avals):
   return None
 
 
-def _explicit_shard_map(fun, mesh, ops, outs, shardable, ctx, multiple):
+def _explicit_shard_map(fun, mesh, ops, outs, shardable, ctx, multiple, reduced):
   """Under explicit sharding the shardings are in the operands' types when the
   primitive lowers, so the per-device computation is a `jax.shard_map` over them:
   the specs `choose_shardings` gives, an operand resharded first where its type
@@ -158,7 +206,9 @@ def _explicit_shard_map(fun, mesh, ops, outs, shardable, ctx, multiple):
   explicit axes (its partitioned body keeps a `Sharding` custom call: jax-ml/jax
   issue 34811 and kin), and this path needs no compiler callback."""
   in_specs, out_specs = choose_shardings(
-      mesh, ops, outs, shardable, [getattr(a, "sharding", None) for a in ctx.avals_in], None)
+      mesh, ops, outs, shardable, [getattr(a, "sharding", None) for a in ctx.avals_in], None,
+      reduced, factor_sizes(ops, ctx.avals_in))
+  fun = summed(fun, reduction_axes(ops, in_specs, reduced))
 
   # Zero-size operands (attention's absent masks, [*1, 0]) are made inside the body:
   # XLA 0.11 crashes compiling a manual computation with a zero-size operand.
@@ -212,10 +262,13 @@ def partitioned_lowering(impl, spec):
       return mlir.lower_fun(fun, multiple_results=multiple)(ctx, *args)
 
     ops, outs, shardable = factors(spec, ctx.avals_in, ctx.avals_out)
+    reduced = reduced_factors(spec)
+    sizes = factor_sizes(ops, ctx.avals_in)
     mesh = _explicit_mesh(ctx.avals_in)
     if mesh is not None:
-      return mlir.lower_fun(_explicit_shard_map(fun, mesh, ops, outs, shardable, ctx, multiple),
-                            multiple_results=multiple)(ctx, *args)
+      return mlir.lower_fun(
+          _explicit_shard_map(fun, mesh, ops, outs, shardable, ctx, multiple, reduced),
+          multiple_results=multiple)(ctx, *args)
     # In order of first appearance: Shardy wants the special factors sorted by index.
     need_replication = tuple(dict.fromkeys(
         f for fs in ops + outs for f in fs if f not in shardable))
@@ -234,13 +287,14 @@ def partitioned_lowering(impl, spec):
     def partition(mesh, arg_shapes, result_shape):
       in_specs, out_specs = choose_shardings(
           mesh, ops, outs, shardable, [a.sharding for a in arg_shapes],
-          shardings_of(result_shape))
-      return (mesh, fun, result_shardings(mesh, out_specs),
+          shardings_of(result_shape), reduced, sizes)
+      return (mesh, summed(fun, reduction_axes(ops, in_specs, reduced)),
+              result_shardings(mesh, out_specs),
               tuple(NamedSharding(mesh, s) for s in in_specs))
 
     def infer_sharding_from_operands(mesh, arg_shapes, result_shape):  # GSPMD (no Shardy)
       _, out_specs = choose_shardings(
-          mesh, ops, outs, shardable, [a.sharding for a in arg_shapes], None)
+          mesh, ops, outs, shardable, [a.sharding for a in arg_shapes], None, reduced, sizes)
       return result_shardings(mesh, out_specs)
 
     def propagate_user_sharding(mesh, user_shape):
@@ -264,7 +318,9 @@ def partitioned_lowering(impl, spec):
                      infer_sharding_from_operands=infer_sharding_from_operands,
                      propagate_user_sharding=propagate_user_sharding,
                      sharding_rule=_rule_string(ops, outs),
-                     need_replication_factors=need_replication)
+                     need_replication_factors=need_replication,
+                     reduction_factors=tuple(f for f in dict.fromkeys(
+                         f for fs in ops for f in fs) if f in reduced))
     return mlir.lower_fun(cp, multiple_results=multiple)(ctx, *args)
 
   return rule
