@@ -182,7 +182,8 @@ struct Avx2Ops {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
   }
   // Eight scalar loads put together, not vgatherdps: on the Zen 3 (microcoded
-  // gathers) an SpMV row loop ran 1.3-1.7x faster so (benchmarks/NOTES.md change 54).
+  // gathers) a stand-alone SpMV loop ran 1.3-1.7x faster so, the library's 0-10 %
+  // (benchmarks/NOTES.md change 54).
   JAXSPARSE_AVX2_FN V Gather(const float* p, const int32_t* idx) {
     return _mm256_setr_ps(p[idx[0]], p[idx[1]], p[idx[2]], p[idx[3]], p[idx[4]], p[idx[5]],
                           p[idx[6]], p[idx[7]]);

@@ -1,7 +1,8 @@
 // CPU SpMM kernels and launcher. Each output row is computed in strips of up to
 // 8 vectors kept in registers across the row's nonzeros (a broadcast value times
 // a contiguous row of the dense operand per nonzero), so every output element is
-// written once. Rows go in row_indices order (longest first) and are claimed in
+// written once. Rows go in row_indices order (longest first; storage order when
+// each nonzero reads at most 64 bytes of the dense operand) and are claimed in
 // chunks by the threads; for wide n the columns are split in blocks so the dense
 // panel being read stays in L2, and when the dense row stride is a multiple of
 // 2 KiB (n = 512, 1024, 2048 ... in float32) the dense operand is first copied
