@@ -33,13 +33,14 @@ def _tn_oracle(lhs, rhs, a):
 
 
 # -- spmm_nt -------------------------------------------------------------------------
+@pytest.mark.parametrize("tokens", [45, 1])  # one partial tile; one token (the SpMV path)
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("case", jst.CASES, ids=lambda c: c.name)
-def test_spmm_nt_cases(case, dtype, rng):
+def test_spmm_nt_cases(case, dtype, tokens, rng):
   a = jst.case_csr(case, rng, dtype)
-  x = _x(rng, 45, case.k, dtype)  # 45 tokens: one partial tile
+  x = _x(rng, tokens, case.k, dtype)
   out = jax.jit(spmm_nt)(a, x)
-  assert out.dtype == np.dtype(dtype) and out.shape == (45, case.m)
+  assert out.dtype == np.dtype(dtype) and out.shape == (tokens, case.m)
   ref, scale = _nt_oracle(a, x)
   jst.assert_close(out, ref, scale, dtype, f"spmm_nt {case.name}")
 
@@ -72,15 +73,16 @@ def test_rmatmul_is_spmm_nt(rng):
   jst.assert_close(x @ a, ref, scale, np.float32)
 
 
+@pytest.mark.parametrize("tokens", [9, 1])
 @pytest.mark.parametrize("batch_a,batch_x", [((3,), (3,)), ((3,), ()), ((), (3,)), ((2, 1), (1, 4))])
-def test_spmm_nt_batched(batch_a, batch_x, rng):
+def test_spmm_nt_batched(batch_a, batch_x, tokens, rng):
   a = jst.random_csr(rng, 17, 23, 0.3, np.float32, batch=batch_a, empty_rows=0.2)
-  x = _x(rng, 9, 23, np.float32, batch_x)
+  x = _x(rng, tokens, 23, np.float32, batch_x)
   out = jax.jit(spmm_nt)(a, x)
   batch = np.broadcast_shapes(batch_a, batch_x)
-  assert out.shape == batch + (9, 17)
+  assert out.shape == batch + (tokens, 17)
   ref, scale = _nt_oracle(a, x)
-  jst.assert_close(out, ref, scale + np.zeros(batch + (9, 17)), np.float32)
+  jst.assert_close(out, ref, scale + np.zeros(batch + (tokens, 17)), np.float32)
 
 
 def test_spmm_nt_vmap(rng):

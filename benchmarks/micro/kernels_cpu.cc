@@ -7,6 +7,7 @@
 //       csrc/spmm/spmm_cpu.cc csrc/sddmm/sddmm_cpu.cc csrc/attention/attention_cpu.cc \
 //       csrc/common/parallel_cpu.cc csrc/common/scan_cpu.cc -lpthread -o /tmp/kernels_cpu
 //   /tmp/kernels_cpu spmm  M K N DENSITY [THREADS]    # C[M,N] = A[M,K] @ B[K,N]
+//   /tmp/kernels_cpu spmm_nt M K N DENSITY [THREADS]  # C[N,M] = X[N,K] @ A[M,K]^T
 //   /tmp/kernels_cpu sddmm M N D DENSITY [THREADS]    # (L[M,D] @ R[N,D]^T) at A's nonzeros
 //   /tmp/kernels_cpu attn  T W D HEADS [THREADS [SEQ_MAJOR]]  # fused attention,
 //       |row - col| <= W: forward, backward, each timed alone; SEQ_MAJOR = 1 lays the
@@ -207,14 +208,15 @@ int main(int argc, char** argv) {
                         std::atoi(argv[5]), argc > 7 && std::atoi(argv[7]) != 0,
                         threads > 1 ? DefaultTaskRunner() : nullptr);
   }
-  if (argc < 6 || (std::strcmp(argv[1], "spmm") != 0 && std::strcmp(argv[1], "sddmm") != 0)) {
+  const bool nt = std::strcmp(argv[1], "spmm_nt") == 0;
+  if (argc < 6 || (std::strcmp(argv[1], "spmm") != 0 && !nt && std::strcmp(argv[1], "sddmm") != 0)) {
     std::fprintf(stderr,
-                 "usage: %s spmm M K N DENSITY [THREADS] | sddmm M N D DENSITY [THREADS] | "
+                 "usage: %s spmm|spmm_nt M K N DENSITY [THREADS] | sddmm M N D DENSITY [THREADS] | "
                  "attn T W D HEADS [THREADS]\n",
                  argv[0]);
     return 2;
   }
-  const bool spmm = std::strcmp(argv[1], "spmm") == 0;
+  const bool spmm = nt || std::strcmp(argv[1], "spmm") == 0;
   const int m = std::atoi(argv[2]), k = std::atoi(argv[3]), w = std::atoi(argv[4]);
   const double density = std::atof(argv[5]);
   const int threads = argc > 6 ? std::atoi(argv[6]) : 1;
@@ -239,7 +241,7 @@ int main(int argc, char** argv) {
     a.m = m;
     a.k = k;
     a.n = w;
-    us = BestMicros([&] { SpmmCpu(a, runner); });
+    us = BestMicros([&] { nt ? SpmmNtCpu(a, runner) : SpmmCpu(a, runner); });
   } else {
     AlignedArray<float> lhs(static_cast<size_t>(m) * w), rhs(static_cast<size_t>(k) * w), out(nnz);
     for (auto& x : lhs) x = normal(rng);

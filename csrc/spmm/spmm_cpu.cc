@@ -308,6 +308,10 @@ constexpr int64_t kNtTileBytes = 256 * 1024;
 template <typename T>
 int SpmmNtCpu(const SpmmArgs<T>& a, const TaskRunner* runner) {
   if (a.batch <= 0 || a.m <= 0 || a.n <= 0) return 0;
+  // One token (decoding): x [Bb, 1, k] and out [batch, 1, m] are laid out as SpmmCpu's
+  // [Bb, k, 1] and [batch, m, 1], so its SpMV path runs as is, with the threads over
+  // rows instead of one token tile on one thread (NOTES change 56).
+  if (a.n == 1) return SpmmCpu(a, runner);
   const int64_t elem = static_cast<int64_t>(sizeof(T));
   int64_t tile = kNtTileBytes / (std::max<int64_t>(a.k, 1) * elem) / 16 * 16;
   tile = std::min<int64_t>(std::clamp<int64_t>(tile, 16, 128), a.n);
