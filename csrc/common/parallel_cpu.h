@@ -5,7 +5,9 @@
 #ifndef JAXSPARSE_COMMON_PARALLEL_CPU_H_
 #define JAXSPARSE_COMMON_PARALLEL_CPU_H_
 
+#include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <functional>
 
 namespace jaxsparse {
@@ -36,6 +38,30 @@ constexpr double kMinParallelWork = 65536.0;
 void ParallelFor(const TaskRunner* runner, int64_t num_items, double work,
                  const std::function<void(int64_t, int64_t)>& fn,
                  double min_work = kMinParallelWork);
+
+// A 64-byte aligned scratch buffer, grown on demand and kept until destroyed: held
+// `static thread_local` by a kernel, steady-state calls neither allocate nor
+// page-fault. Reserve returns null when the allocation fails.
+class ScratchBuffer {
+ public:
+  ScratchBuffer() = default;
+  ScratchBuffer(const ScratchBuffer&) = delete;
+  ScratchBuffer& operator=(const ScratchBuffer&) = delete;
+  ~ScratchBuffer() { std::free(data_); }
+  void* Reserve(size_t bytes) {
+    if (bytes_ < bytes) {
+      std::free(data_);
+      const size_t rounded = (bytes + 63) / 64 * 64;
+      data_ = std::aligned_alloc(64, rounded);
+      bytes_ = data_ != nullptr ? rounded : 0;
+    }
+    return data_;
+  }
+
+ private:
+  void* data_ = nullptr;
+  size_t bytes_ = 0;
+};
 
 }  // namespace cpu
 }  // namespace jaxsparse

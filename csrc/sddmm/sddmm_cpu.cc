@@ -53,21 +53,10 @@ void RunTransposeColumns(Isa isa, const T* src, int64_t ld, int64_t nt, int64_t 
 constexpr int64_t kTnTile = 512;
 constexpr int64_t kTnMaxBytes = 16 << 20;
 
-// A 64-byte aligned buffer per calling thread, grown on demand and kept across calls.
+// A scratch buffer per calling thread, kept across calls (null when it cannot grow).
 void* TnScratch(size_t bytes) {
-  struct Buffer {
-    void* data = nullptr;
-    size_t bytes = 0;
-    ~Buffer() { std::free(data); }
-  };
-  static thread_local Buffer buffer;
-  if (buffer.bytes < bytes) {
-    std::free(buffer.data);
-    const size_t rounded = (bytes + 63) / 64 * 64;
-    buffer.data = std::aligned_alloc(64, rounded);
-    buffer.bytes = buffer.data != nullptr ? rounded : 0;
-  }
-  return buffer.data;
+  static thread_local ScratchBuffer buffer;
+  return buffer.Reserve(bytes);
 }
 
 }  // namespace

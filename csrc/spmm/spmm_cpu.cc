@@ -112,24 +112,11 @@ void Convert(Isa isa, const S* src, D* dst, int64_t count) {
 // several at once (the narrow half path runs the float launcher, which may pack).
 enum ScratchSlot { kPackSlot, kTileSlot, kNarrowHalfSlot, kNtInSlot, kNtOutSlot, kNumScratchSlots };
 
-// A 64-byte aligned scratch buffer per calling thread and slot, grown on demand
-// and reused across calls (so steady-state calls neither allocate nor
-// page-fault). Null when the allocation fails.
+// A scratch buffer per calling thread and slot, kept across calls. Null when the
+// allocation fails.
 void* ThreadScratch(ScratchSlot slot, size_t bytes) {
-  struct Buffer {
-    void* data = nullptr;
-    size_t bytes = 0;
-    ~Buffer() { std::free(data); }
-  };
-  static thread_local Buffer buffers[kNumScratchSlots];
-  Buffer& buffer = buffers[slot];
-  if (buffer.bytes < bytes) {
-    std::free(buffer.data);
-    const size_t rounded = (bytes + 63) / 64 * 64;
-    buffer.data = std::aligned_alloc(64, rounded);
-    buffer.bytes = buffer.data != nullptr ? rounded : 0;
-  }
-  return buffer.data;
+  static thread_local ScratchBuffer buffers[kNumScratchSlots];
+  return buffers[slot].Reserve(bytes);
 }
 
 // The k-blocked path (float and double). Measured on the DLMC transformer
