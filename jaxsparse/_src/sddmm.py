@@ -118,29 +118,36 @@ def _sddmm_ffi(lhs, rhs, *topo, shape, transposed, platform):
 
 
 # -- AD rules -----------------------------------------------------------------------
-def _sddmm_transpose(ct, lhs, rhs, *topo, shape, transposed):
-  from jaxsparse._src.spmm import spmm_p
-  from jaxsparse._src.transpose import permute_p
-  ct = ad.instantiate_zeros(ct)
-  t = Topology(*topo, shape=shape, transposed=transposed)
-  ct_lhs = ct_rhs = None
-  if ad.is_undefined_primal(lhs):
-    # d lhs = S @ rhs, S the sparse cotangent on the topology.
-    ct_lhs = spmm_p.bind(ct, rhs, *topo, shape=shape, transposed=transposed)
-    ct_lhs = common.sum_to_shape(ct_lhs, lhs.aval.shape)
-  if ad.is_undefined_primal(rhs):
-    # d rhs = S.T @ lhs.
-    ct_t = permute_p.bind(ct, *topo, **t.params)
-    ct_rhs = spmm_p.bind(ct_t, lhs, *t.T.arrays, **t.T.params)
-    ct_rhs = common.sum_to_shape(ct_rhs, rhs.aval.shape)
-  return [ct_lhs, ct_rhs] + [None] * len(topo)
+def _transpose_rule(spmm_name):
+  """The transpose rule of an SDDMM whose two cotangents are the SpMMs `spmm_name`
+  (in jaxsparse._src.spmm) of the sparse cotangent S and of S.T: sddmm's d lhs = S @ rhs
+  and d rhs = S.T @ lhs (spmm_p); sddmm_tn's d lhs = rhs @ S.T and d rhs = lhs @ S
+  (spmm_nt_p)."""
+
+  def rule(ct, lhs, rhs, *topo, shape, transposed):
+    from jaxsparse._src import spmm
+    from jaxsparse._src.transpose import permute_p
+    spmm_prim = getattr(spmm, spmm_name)
+    ct = ad.instantiate_zeros(ct)
+    t = Topology(*topo, shape=shape, transposed=transposed)
+    ct_lhs = ct_rhs = None
+    if ad.is_undefined_primal(lhs):
+      ct_lhs = spmm_prim.bind(ct, rhs, *topo, shape=shape, transposed=transposed)
+      ct_lhs = common.sum_to_shape(ct_lhs, lhs.aval.shape)
+    if ad.is_undefined_primal(rhs):
+      ct_t = permute_p.bind(ct, *topo, **t.params)
+      ct_rhs = spmm_prim.bind(ct_t, lhs, *t.T.arrays, **t.T.params)
+      ct_rhs = common.sum_to_shape(ct_rhs, rhs.aval.shape)
+    return [ct_lhs, ct_rhs] + [None] * len(topo)
+
+  return rule
 
 
 # -- registration -------------------------------------------------------------------
 common.define_impl(sddmm_p)
 sddmm_p.def_abstract_eval(_sddmm_abstract_eval)
 ad.primitive_jvps[sddmm_p] = common.bilinear_jvp(sddmm_p)
-ad.primitive_transposes[sddmm_p] = _sddmm_transpose
+ad.primitive_transposes[sddmm_p] = _transpose_rule("spmm_p")
 batching.primitive_batchers[sddmm_p] = common.pair_batcher(sddmm_p, "sddmm")
 register_lowerings(sddmm_p, _sddmm_reference, _sddmm_ffi, "sddmm", _SHARDING)
 
@@ -186,28 +193,10 @@ def _sddmm_tn_composed(lhs, rhs, *topo, shape, transposed):
                       transposed=transposed)
 
 
-def _sddmm_tn_transpose(ct, lhs, rhs, *topo, shape, transposed):
-  from jaxsparse._src.spmm import spmm_nt_p
-  from jaxsparse._src.transpose import permute_p
-  ct = ad.instantiate_zeros(ct)
-  t = Topology(*topo, shape=shape, transposed=transposed)
-  ct_lhs = ct_rhs = None
-  if ad.is_undefined_primal(lhs):
-    # d lhs = rhs @ S.T, S the sparse cotangent on the topology.
-    ct_lhs = spmm_nt_p.bind(ct, rhs, *topo, shape=shape, transposed=transposed)
-    ct_lhs = common.sum_to_shape(ct_lhs, lhs.aval.shape)
-  if ad.is_undefined_primal(rhs):
-    # d rhs = lhs @ S.
-    ct_t = permute_p.bind(ct, *topo, **t.params)
-    ct_rhs = spmm_nt_p.bind(ct_t, lhs, *t.T.arrays, **t.T.params)
-    ct_rhs = common.sum_to_shape(ct_rhs, rhs.aval.shape)
-  return [ct_lhs, ct_rhs] + [None] * len(topo)
-
-
 common.define_impl(sddmm_tn_p)
 sddmm_tn_p.def_abstract_eval(_sddmm_tn_abstract_eval)
 ad.primitive_jvps[sddmm_tn_p] = common.bilinear_jvp(sddmm_tn_p)
-ad.primitive_transposes[sddmm_tn_p] = _sddmm_tn_transpose
+ad.primitive_transposes[sddmm_tn_p] = _transpose_rule("spmm_nt_p")
 batching.primitive_batchers[sddmm_tn_p] = common.pair_batcher(sddmm_tn_p, "sddmm_tn")
 register_lowerings(sddmm_tn_p, _sddmm_tn_reference, _sddmm_tn_ffi, "sddmm_tn", _TN_SHARDING,
                    platforms=("cpu",))
